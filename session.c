@@ -1,0 +1,1471 @@
+/* session.c: one SMTP or LMTP session: the line reader, the verb table, the state machine, and
+ * the DATA and BDAT decoders that stream the message into mailbox.c. */
+#include "smtp.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Reply texts, one per reason. bad: counts towards MAX_BAD_COMMANDS. */
+enum reply_id {
+	RPL_NONE,
+	RPL_OK,
+	RPL_MAIL_OK,
+	RPL_RCPT_OK,
+	RPL_DATA_GO,
+	RPL_VRFY,
+	RPL_HELP,
+	RPL_HELP_LMTP,
+	RPL_NOT_IMPL,
+	RPL_UNKNOWN,
+	RPL_LINE_LONG,
+	RPL_BARE_LF,
+	RPL_BAD_CHAR,
+	RPL_NEED_HELO,
+	RPL_NEED_MAIL,
+	RPL_NEED_RCPT,
+	RPL_NESTED_MAIL,
+	RPL_DATA_AFTER_BDAT,
+	RPL_BAD_SEQUENCE,
+	RPL_NO_VALID_RCPT,
+	RPL_NEED_ARG,
+	RPL_NO_ARGS,
+	RPL_BAD_SENDER,
+	RPL_BAD_RCPT,
+	RPL_BAD_PARAM,
+	RPL_UNKNOWN_PARAM,
+	RPL_BAD_SIZE,
+	RPL_BAD_BODY,
+	RPL_BAD_BDAT,
+	RPL_NEED_UTF8,
+	RPL_BAD_UTF8,
+	RPL_TOO_BIG,
+	RPL_TOO_MANY_RCPT,
+	RPL_NO_USER,
+	RPL_NO_DOMAIN,
+	RPL_BAD_NAME,
+	RPL_TEMP,
+	RPL_FULL,
+	RPL_LOOP,
+};
+
+static const struct {
+	const char *text;
+	bool bad;
+} replies[] = {
+	[RPL_OK] = {"250 2.0.0 Ok", false},
+	[RPL_MAIL_OK] = {"250 2.1.0 Ok", false},
+	[RPL_RCPT_OK] = {"250 2.1.5 Ok", false},
+	[RPL_DATA_GO] = {"354 End data with <CR><LF>.<CR><LF>", false},
+	[RPL_VRFY] = {"252 2.0.0 Will not verify; send mail to find out", false},
+	[RPL_HELP] = {"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
+		    false},
+	[RPL_HELP_LMTP] = {"214 2.0.0 Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
+			 false},
+	[RPL_NOT_IMPL] = {"502 5.5.1 Command not implemented", true},
+	[RPL_UNKNOWN] = {"500 5.5.1 Command unrecognized", true},
+	[RPL_LINE_LONG] = {"500 5.5.2 Line too long", true},
+	[RPL_BARE_LF] = {"500 5.5.2 Line must end with CRLF", true},
+	[RPL_BAD_CHAR] = {"500 5.5.2 Invalid character in command", true},
+	[RPL_NEED_HELO] = {"503 5.5.1 Send HELO/EHLO first", true},
+	[RPL_NEED_MAIL] = {"503 5.5.1 MAIL first", true},
+	[RPL_NEED_RCPT] = {"503 5.5.1 RCPT first", true},
+	[RPL_NESTED_MAIL] = {"503 5.5.1 Nested MAIL command", true},
+	[RPL_DATA_AFTER_BDAT] = {"503 5.5.1 DATA not allowed after BDAT", true},
+	[RPL_BAD_SEQUENCE] = {"503 5.5.1 Bad sequence of commands", true},
+	[RPL_NO_VALID_RCPT] = {"554 5.5.1 No valid recipients", false},
+	[RPL_NEED_ARG] = {"501 5.5.4 Argument required", true},
+	[RPL_NO_ARGS] = {"501 5.5.4 No arguments allowed", true},
+	[RPL_BAD_SENDER] = {"501 5.1.7 Bad sender address syntax", true},
+	[RPL_BAD_RCPT] = {"501 5.1.3 Bad recipient address syntax", true},
+	[RPL_BAD_PARAM] = {"501 5.5.4 Syntax error in parameters", true},
+	[RPL_UNKNOWN_PARAM] = {"555 5.5.4 Unsupported parameter", true},
+	[RPL_BAD_SIZE] = {"501 5.5.4 Bad SIZE value", true},
+	[RPL_BAD_BODY] = {"501 5.5.4 Bad BODY value", true},
+	[RPL_BAD_BDAT] = {"501 5.5.4 Syntax: BDAT <size> [LAST]", true},
+	[RPL_NEED_UTF8] = {"553 5.6.7 Non-ASCII address needs SMTPUTF8", false},
+	[RPL_BAD_UTF8] = {"553 5.6.7 Invalid UTF-8 in address", false},
+	[RPL_TOO_BIG] = {"552 5.3.4 Message too big", false},
+	[RPL_TOO_MANY_RCPT] = {"452 4.5.3 Too many recipients", false},
+	[RPL_NO_USER] = {"550 5.1.1 No such user", false},
+	[RPL_NO_DOMAIN] = {"550 5.7.1 Relaying denied", false},
+	[RPL_BAD_NAME] = {"550 5.1.3 Bad recipient name", false},
+	[RPL_TEMP] = {"451 4.3.0 Local error in delivery", false},
+	[RPL_FULL] = {"452 4.3.1 Insufficient system storage", false},
+	[RPL_LOOP] = {"554 5.4.6 Too many Received headers (mail loop)", false},
+};
+
+static const enum reply_id md_replies[] = {
+	[MD_OK] = RPL_NONE,
+	[MD_NO_USER] = RPL_NO_USER,
+	[MD_NO_DOMAIN] = RPL_NO_DOMAIN,
+	[MD_BAD_NAME] = RPL_BAD_NAME,
+	[MD_TEMP] = RPL_TEMP,
+	[MD_FULL] = RPL_FULL,
+	[MD_TOO_MANY] = RPL_TOO_MANY_RCPT,
+};
+
+/* Protocol states, as bits so the verb table can say where each verb is in sequence. */
+enum state {
+	ST_START = 1 << 0, /* no HELO/EHLO/LHLO yet */
+	ST_READY = 1 << 1, /* greeted, no transaction */
+	ST_MAIL = 1 << 2,  /* MAIL accepted, no recipient yet */
+	ST_RCPT = 1 << 3,  /* at least one recipient */
+	ST_BDAT = 1 << 4,  /* BDAT chunks under way */
+	ST_ANY = 0x1f,
+};
+
+enum input_mode { IN_COMMANDS, IN_DISCARD_LINE, IN_DATA, IN_BDAT };
+enum line_ends { ENDS_UNKNOWN, ENDS_CRLF, ENDS_LF };
+enum data_state { D_TEXT, D_CR, D_BOL, D_DOT, D_DOT_CR };
+enum first_line { FIRST_UNDECIDED, FIRST_IS_HEADER, FIRST_IS_BODY };
+
+struct rcpt {
+	char addr[PATH_MAX_OCTETS + 1];
+	size_t box;
+};
+
+struct address {
+	char text[PATH_MAX_OCTETS + 1];  /* the mailbox as written, without <> and source route */
+	char local[LOCAL_MAX + 1];       /* quotes and quoted-pairs undone */
+	char domain[DOMAIN_MAX + 1];
+	bool has_8bit;
+};
+
+struct session {
+	struct config *cfg;
+	enum state state;
+	enum input_mode input;
+	enum line_ends ends;
+	bool done, greeted, extended;
+	int exit_status;
+	const char *end_reason;
+	unsigned bad_commands;
+	char helo[HELO_MAX + 1];
+	const char *protocol;
+	long long started_ms, last_input_ms;
+
+	/* transaction */
+	char sender[PATH_MAX_OCTETS + 1];
+	bool smtputf8, rcpt_tried;
+	struct rcpt *rcpts;
+	size_t rcpt_count;
+	uint64_t msg_size;
+	enum reply_id txn_error;
+	unsigned received_count;
+	struct md_txn md;
+
+	/* message decoding and writing */
+	enum data_state dstate;
+	uint64_t bdat_left;
+	bool bdat_last, bdat_cr_pending;
+	enum reply_id bdat_reply;
+	enum first_line first_line;
+	size_t prefix_len, header_match;
+	bool in_header, at_line_start;
+	size_t chunk_len;
+
+	/* totals for the session log line */
+	unsigned long messages, recipients;
+	uint64_t bytes;
+
+	size_t in_start, in_end, out_len;
+	unsigned char in[IN_BUF_SIZE];
+	char out[OUT_BUF_SIZE];
+	unsigned char chunk[DATA_CHUNK + 2];
+};
+
+static struct session S;
+
+static bool is_alpha(unsigned c)
+{
+	return (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+}
+
+static bool is_digit(unsigned c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static unsigned char lower(unsigned char c)
+{
+	return (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
+}
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The milliseconds left before the idle (-t) or the whole-session (-T) deadline. */
+static int ms_left(struct session *s)
+{
+	long long now = now_ms();
+	long long idle = s->last_input_ms + (long long)s->cfg->idle_timeout * 1000 - now;
+	long long whole = s->started_ms + (long long)s->cfg->session_timeout * 1000 - now;
+	long long left = idle < whole ? idle : whole;
+
+	return left < 0 ? 0 : (int)left;
+}
+
+static void end_session(struct session *s, int status, const char *reason)
+{
+	if (s->done)
+		return;
+	s->done = true;
+	s->exit_status = status;
+	s->end_reason = reason;
+}
+
+/* ---- output: replies are gathered and written when the reader is about to wait ---- */
+
+static void flush_out(struct session *s)
+{
+	size_t sent = 0;
+
+	while (sent < s->out_len) {
+		struct pollfd pfd = {.fd = 1, .events = POLLOUT};
+		if (poll(&pfd, 1, ms_left(s)) <= 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		ssize_t n = write(1, s->out + sent, s->out_len - sent);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		sent += (size_t)n;
+	}
+	if (sent < s->out_len)
+		end_session(s, EXIT_DROPPED, "write failed");
+	s->out_len = 0;
+}
+
+static void reply_text(struct session *s, const char *text, size_t len)
+{
+	if (s->out_len + len + 2 > sizeof s->out)
+		flush_out(s);
+	if (len + 2 > sizeof s->out)
+		len = sizeof s->out - 2;
+	memcpy(s->out + s->out_len, text, len);
+	memcpy(s->out + s->out_len + len, "\r\n", 2);
+	s->out_len += len + 2;
+}
+
+static void replyf(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void replyf(struct session *s, const char *fmt, ...)
+{
+	char line[LINE_MAX_OCTETS];
+	va_list ap;
+
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		reply_text(s, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+static void reply(struct session *s, enum reply_id id)
+{
+	reply_text(s, replies[id].text, strlen(replies[id].text));
+	if (replies[id].bad && ++s->bad_commands >= MAX_BAD_COMMANDS) {
+		replyf(s, "421 4.7.0 %s Too many errors, closing", s->cfg->hostname);
+		end_session(s, EXIT_DROPPED, "too many errors");
+	}
+}
+
+/* ---- input ---- */
+
+/* Waits for input (after writing every pending reply) and appends it to the buffer.
+ * Returns false when the session has ended: EOF, error, or a deadline passed. */
+static bool fill_in(struct session *s)
+{
+	if (s->in_start > 0) {
+		memmove(s->in, s->in + s->in_start, s->in_end - s->in_start);
+		s->in_end -= s->in_start;
+		s->in_start = 0;
+	}
+	flush_out(s);
+	while (!s->done) {
+		struct pollfd pfd = {.fd = 0, .events = POLLIN};
+		int ready = poll(&pfd, 1, ms_left(s));
+		if (ready < 0 && errno == EINTR)
+			continue;
+		if (ready == 0) {
+			if (s->greeted)
+				replyf(s, "421 4.4.2 %s Timeout, closing", s->cfg->hostname);
+			end_session(s, EXIT_DROPPED, "timeout");
+			break;
+		}
+		if (s->in_end == sizeof s->in)
+			return true; /* full: the caller consumes before it asks again */
+		ssize_t n = read(0, s->in + s->in_end, sizeof s->in - s->in_end);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			end_session(s, EXIT_DROPPED, n == 0 ? "client closed" : "read failed");
+			break;
+		}
+		s->in_end += (size_t)n;
+		s->last_input_ms = now_ms();
+		return true;
+	}
+	return false;
+}
+
+/* ---- the PROXY protocol header (HAProxy's proxy-protocol.txt, v1 and v2) ---- */
+
+static const unsigned char proxy_v2_sig[12] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
+					       0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a};
+enum { PROXY_V1_MAX = 107, PROXY_V2_HEAD = 16 };
+
+static void set_proxy_addr(struct session *s, int family, const void *addr)
+{
+	char text[INET6_ADDRSTRLEN];
+	const unsigned char *a = addr;
+	static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+	if (family == AF_INET6 && memcmp(a, mapped, sizeof mapped) == 0) {
+		family = AF_INET;
+		a += sizeof mapped;
+	}
+	if (inet_ntop(family, a, text, sizeof text) != NULL)
+		snprintf(s->cfg->client_addr, sizeof s->cfg->client_addr, "%s", text);
+}
+
+/* One v1 port: 1 to 5 digits, at most 65535. */
+static bool proxy_port_ok(const char *p)
+{
+	size_t len = strlen(p);
+	return len >= 1 && len <= 5 && strspn(p, "0123456789") == len && atol(p) <= 65535;
+}
+
+/* "PROXY TCP4 src dst sport dport", "PROXY TCP6 ...", or "PROXY UNKNOWN ...". */
+static bool proxy_v1(struct session *s, char *line)
+{
+	char *field[6], *save = NULL;
+	size_t n = 0;
+	unsigned char addr[16], dst[16];
+
+	for (char *f = strtok_r(line, " ", &save); f && n < 6; f = strtok_r(NULL, " ", &save))
+		field[n++] = f;
+	if (n >= 2 && strcmp(field[0], "PROXY") == 0 && strcmp(field[1], "UNKNOWN") == 0)
+		return true;
+	if (n != 6 || strtok_r(NULL, " ", &save) != NULL || strcmp(field[0], "PROXY") != 0)
+		return false;
+	int family = strcmp(field[1], "TCP4") == 0 ? AF_INET
+		     : strcmp(field[1], "TCP6") == 0 ? AF_INET6
+						      : -1;
+	if (family < 0 || inet_pton(family, field[2], addr) != 1 ||
+	    inet_pton(family, field[3], dst) != 1 || !proxy_port_ok(field[4]) ||
+	    !proxy_port_ok(field[5]))
+		return false;
+	set_proxy_addr(s, family, addr);
+	return true;
+}
+
+static bool proxy_v2(struct session *s, const unsigned char *h, size_t body_len)
+{
+	unsigned version = h[12] >> 4, command = h[12] & 0x0f, family = h[13];
+
+	if (version != 2 || command > 1)
+		return false;
+	if (command == 0) /* LOCAL: a health check from the proxy itself */
+		return true;
+	switch (family) {
+	case 0x00: return true;         /* UNSPEC: keep the socket's address */
+	case 0x31: return true;         /* UNIX stream */
+	case 0x11:
+		if (body_len < 12)
+			return false;
+		set_proxy_addr(s, AF_INET, h + PROXY_V2_HEAD);
+		return true;
+	case 0x21:
+		if (body_len < 36)
+			return false;
+		set_proxy_addr(s, AF_INET6, h + PROXY_V2_HEAD);
+		return true;
+	default: return false;
+	}
+}
+
+/* Reads exactly one PROXY header before the greeting; whatever follows it stays buffered. */
+static bool read_proxy_header(struct session *s)
+{
+	for (;;) {
+		size_t have = s->in_end - s->in_start;
+		unsigned char *h = s->in + s->in_start;
+		size_t cmp = have < sizeof proxy_v2_sig ? have : sizeof proxy_v2_sig;
+		if (memcmp(h, proxy_v2_sig, cmp) == 0) {
+			if (have >= PROXY_V2_HEAD) {
+				size_t body = (size_t)h[14] << 8 | h[15];
+				if (body > sizeof s->in - PROXY_V2_HEAD)
+					return false;
+				if (have >= PROXY_V2_HEAD + body) {
+					s->in_start += PROXY_V2_HEAD + body;
+					return proxy_v2(s, h, body);
+				}
+			}
+		} else {
+			size_t prefix = have < 6 ? have : 6;
+			if (memcmp(h, "PROXY ", prefix) != 0)
+				return false;
+			unsigned char *lf = memchr(h, '\n', have);
+			if (lf != NULL) {
+				size_t len = (size_t)(lf - h) + 1;
+				char line[PROXY_V1_MAX + 1];
+				if (len > PROXY_V1_MAX || len < 2 || lf[-1] != '\r')
+					return false;
+				memcpy(line, h, len - 2);
+				line[len - 2] = '\0';
+				s->in_start += len;
+				return strlen(line) == len - 2 && proxy_v1(s, line);
+			}
+			if (have >= PROXY_V1_MAX)
+				return false;
+		}
+		if (!fill_in(s))
+			return false;
+	}
+}
+
+/* ---- addresses (RFC 5321 4.1.2, with RFC 6531's UTF-8) ---- */
+
+static bool is_atext(unsigned c)
+{
+	return is_alpha(c) || is_digit(c) || c >= 0x80 || strchr("!#$%&'*+-/=?^_`{|}~", (int)c);
+}
+
+/* RFC 3629 UTF-8: no overlongs, no surrogates, nothing past U+10FFFF. */
+static bool valid_utf8(const unsigned char *p, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		unsigned c = p[i], need, min;
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf)
+			need = 1, min = 0x80;
+		else if (c >= 0xe0 && c <= 0xef)
+			need = 2, min = 0x800;
+		else if (c >= 0xf0 && c <= 0xf4)
+			need = 3, min = 0x10000;
+		else
+			return false;
+		if (len - i <= need)
+			return false;
+		unsigned cp = c & (0x3f >> need);
+		for (unsigned k = 1; k <= need; k++) {
+			if ((p[i + k] & 0xc0) != 0x80)
+				return false;
+			cp = cp << 6 | (p[i + k] & 0x3f);
+		}
+		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return false;
+		i += need + 1;
+	}
+	return true;
+}
+
+/* sub-domain *("." sub-domain); a sub-domain is letters, digits and inner hyphens (or UTF-8). */
+static const char *parse_domain_name(const char *p)
+{
+	for (;;) {
+		const char *label = p;
+		while (is_alpha((unsigned char)*p) || is_digit((unsigned char)*p) || *p == '-' ||
+		       (unsigned char)*p >= 0x80)
+			p++;
+		if (p == label || *label == '-' || p[-1] == '-')
+			return NULL;
+		if (*p != '.')
+			return p;
+		p++;
+	}
+}
+
+static bool ipv4_literal(const char *text, size_t len)
+{
+	char buf[16];
+	unsigned char addr[4];
+
+	if (len >= sizeof buf || strspn(text, "0123456789.") < len)
+		return false;
+	memcpy(buf, text, len);
+	buf[len] = '\0';
+	return inet_pton(AF_INET, buf, addr) == 1;
+}
+
+/* "[" IPv4 / "IPv6:" IPv6 / tag ":" dcontent "]" */
+static const char *parse_address_literal(const char *p)
+{
+	const char *close = strchr(p, ']');
+	char buf[INET6_ADDRSTRLEN + 8];
+	unsigned char addr[16];
+
+	if (close == NULL)
+		return NULL;
+	size_t len = (size_t)(close - p - 1);
+	if (ipv4_literal(p + 1, len))
+		return close + 1;
+	if (len > 5 && strncmp(p + 1, "IPv6:", 5) == 0 && len - 5 < sizeof buf) {
+		memcpy(buf, p + 6, len - 5);
+		buf[len - 5] = '\0';
+		return inet_pton(AF_INET6, buf, addr) == 1 ? close + 1 : NULL;
+	}
+	const char *tag_end = parse_domain_name(p + 1);
+	if (tag_end == NULL || *tag_end != ':' || tag_end + 1 >= close)
+		return NULL;
+	for (const char *q = tag_end + 1; q < close; q++)
+		if (*q < 33 || *q > 126 || *q == '[' || *q == '\\')
+			return NULL;
+	return close + 1;
+}
+
+static const char *parse_domain(const char *p)
+{
+	return *p == '[' ? parse_address_literal(p) : parse_domain_name(p);
+}
+
+/* A quoted string: unquoted into local[], which holds LOCAL_MAX octets. */
+static const char *parse_quoted(const char *p, char *local, size_t *len)
+{
+	for (p++; *p != '"'; p++) {
+		unsigned char c = (unsigned char)*p;
+		if (c == '\\') {
+			c = (unsigned char)*++p;
+			if (c < 32 || c > 126)
+				return NULL;
+		} else if (c < 32 || c == 127) {
+			return NULL;
+		}
+		if (*len >= LOCAL_MAX)
+			return NULL;
+		local[(*len)++] = (char)c;
+	}
+	return p + 1;
+}
+
+static const char *parse_dot_string(const char *p, char *local, size_t *len)
+{
+	const char *start = p;
+
+	for (;;) {
+		const char *atom = p;
+		while (is_atext((unsigned char)*p))
+			p++;
+		if (p == atom || (size_t)(p - start) > LOCAL_MAX)
+			return NULL;
+		if (*p != '.')
+			break;
+		p++;
+	}
+	*len = (size_t)(p - start);
+	memcpy(local, start, *len);
+	return p;
+}
+
+/* Source route "@a,@b:" is read and ignored (RFC 5321 4.1.2, C.). */
+static const char *skip_source_route(const char *p)
+{
+	if (*p != '@')
+		return p;
+	for (;;) {
+		p = parse_domain(p + 1);
+		if (p == NULL)
+			return NULL;
+		if (*p == ':')
+			return p + 1;
+		if (*p != ',' || p[1] != '@')
+			return NULL;
+		p++;
+	}
+}
+
+enum path_result { PATH_OK, PATH_NULL, PATH_POSTMASTER, PATH_BAD };
+
+/* "<" [source route] mailbox ">"; on success *rest points after the ">". */
+static enum path_result parse_path(const char *p, struct address *a, const char **rest)
+{
+	const char *start = p, *box, *q;
+	size_t local_len = 0;
+
+	memset(a, 0, sizeof *a);
+	if (*p++ != '<')
+		return PATH_BAD;
+	if (*p == '>') {
+		*rest = p + 1;
+		return PATH_NULL;
+	}
+	if ((box = skip_source_route(p)) == NULL)
+		return PATH_BAD;
+	q = *box == '"' ? parse_quoted(box, a->local, &local_len)
+			: parse_dot_string(box, a->local, &local_len);
+	if (q == NULL || (size_t)(q - box) > LOCAL_MAX)
+		return PATH_BAD;
+	enum path_result result = PATH_OK;
+	if (*q == '>' && *box != '"' && strcasecmp(a->local, "postmaster") == 0) {
+		result = PATH_POSTMASTER;
+	} else {
+		const char *domain = q + 1;
+		if (*q != '@' || (q = parse_domain(domain)) == NULL ||
+		    (size_t)(q - domain) > DOMAIN_MAX || *q != '>')
+			return PATH_BAD;
+		memcpy(a->domain, domain, (size_t)(q - domain));
+	}
+	if ((size_t)(q + 1 - start) > PATH_MAX_OCTETS)
+		return PATH_BAD;
+	memcpy(a->text, box, (size_t)(q - box));
+	for (const char *c = start; c < q; c++)
+		a->has_8bit |= (unsigned char)*c >= 0x80;
+	if (a->has_8bit && !valid_utf8((const unsigned char *)start, (size_t)(q - start)))
+		return PATH_BAD;
+	*rest = q + 1;
+	return result;
+}
+
+/* ---- the message writer: our two header fields, then the message, into DATA_CHUNK pieces ---- */
+
+static void data_fail(struct session *s, enum reply_id why)
+{
+	if (s->txn_error != RPL_NONE)
+		return;
+	s->txn_error = why;
+	if (s->md.fail_op != NULL)
+		log_line("delivery failed: %s: %s", s->md.fail_op, strerror(s->md.fail_errno));
+	md_abort(&s->md);
+}
+
+static void chunk_flush(struct session *s)
+{
+	if (s->txn_error == RPL_NONE && s->chunk_len > 0) {
+		enum md_result r = md_write(&s->md, s->chunk, s->chunk_len);
+		if (r != MD_OK)
+			data_fail(s, md_replies[r]);
+	}
+	s->chunk_len = 0;
+}
+
+/* A message whose first line is no header field gets an empty line after ours, so its text
+ * stays body. The decision is made within 1000 octets, long before the first flush. */
+static void decide_first_line(struct session *s, enum first_line kind)
+{
+	s->first_line = kind;
+	if (kind == FIRST_IS_HEADER)
+		return;
+	memmove(s->chunk + s->prefix_len + 1, s->chunk + s->prefix_len,
+		s->chunk_len - s->prefix_len);
+	s->chunk[s->prefix_len] = '\n';
+	s->chunk_len++;
+	s->in_header = false;
+}
+
+/* Watches the header section for its end, for "Received:" (hop count), and classifies the
+ * first line. Returns how many of the len octets it has looked at: one at the start of a line,
+ * the rest of the line at once when nothing in it matters. */
+static size_t header_span(struct session *s, const unsigned char *p, size_t len)
+{
+	static const char received[] = "received:";
+	enum { NAME_LEN = sizeof received - 1, MATCH_DONE = sizeof received };
+
+	if (s->first_line != FIRST_UNDECIDED && !s->at_line_start && s->header_match == MATCH_DONE) {
+		const unsigned char *nl = memchr(p, '\n', len);
+		if (nl != p)
+			return nl ? (size_t)(nl - p) : len;
+	}
+	if (s->first_line == FIRST_UNDECIDED) {
+		size_t name_len = s->chunk_len - s->prefix_len;
+		if ((*p == ':' && name_len > 0) || (*p == '\n' && name_len == 0))
+			decide_first_line(s, FIRST_IS_HEADER);
+		else if (*p <= ' ' || *p >= 0x7f || *p == ':' || name_len >= 998)
+			decide_first_line(s, FIRST_IS_BODY);
+	}
+	if (*p == '\n') {
+		s->in_header = !s->at_line_start && s->in_header;
+		s->at_line_start = true;
+		s->header_match = 0;
+		return 1;
+	}
+	s->at_line_start = false;
+	if (s->header_match >= NAME_LEN)
+		return 1;
+	if (lower(*p) != received[s->header_match]) {
+		s->header_match = MATCH_DONE;
+	} else if (++s->header_match == NAME_LEN) {
+		s->header_match = MATCH_DONE;
+		if (++s->received_count > MAX_RECEIVED)
+			data_fail(s, RPL_LOOP);
+	}
+	return 1;
+}
+
+/* Appends message octets. The size is counted as RFC 1870 does, by the caller. */
+static void emit(struct session *s, const unsigned char *p, size_t len)
+{
+	while (len > 0) {
+		size_t room = DATA_CHUNK - s->chunk_len, n = len < room ? len : room;
+		if (s->in_header)
+			n = header_span(s, p, n);
+		if (s->txn_error == RPL_NONE)
+			memcpy(s->chunk + s->chunk_len, p, n);
+		s->chunk_len += n;
+		p += n;
+		len -= n;
+		if (s->chunk_len >= DATA_CHUNK) {
+			if (s->first_line == FIRST_UNDECIDED)
+				decide_first_line(s, FIRST_IS_BODY);
+			chunk_flush(s);
+		}
+	}
+}
+
+static void count_size(struct session *s, uint64_t n)
+{
+	s->msg_size += n;
+	if (s->msg_size > s->cfg->max_size)
+		data_fail(s, RPL_TOO_BIG);
+}
+
+static void format_date(char *buf, size_t size)
+{
+	time_t t = time(NULL);
+	struct tm tm;
+
+	if (localtime_r(&t, &tm) == NULL || strftime(buf, size, "%a, %d %b %Y %H:%M:%S %z", &tm) == 0)
+		snprintf(buf, size, "Thu, 01 Jan 1970 00:00:00 +0000");
+}
+
+/* Return-Path: and Received: (RFC 5321 4.4), written before the message's first octet. */
+static void start_message(struct session *s)
+{
+	char date[64], from[HELO_MAX + ADDR_TEXT_MAX + 16];
+	const char *a = s->cfg->client_addr;
+
+	/* RFC 6531 3.7.3: the "with" word says when the transaction used SMTPUTF8. */
+	const char *with = !s->smtputf8 ? s->protocol : s->cfg->lmtp ? "UTF8LMTP" : "UTF8SMTP";
+
+	format_date(date, sizeof date);
+	if (*a == '\0')
+		snprintf(from, sizeof from, "%s", s->helo);
+	else
+		snprintf(from, sizeof from, "%s ([%s%s])", s->helo, strchr(a, ':') ? "IPv6:" : "", a);
+	int n = snprintf((char *)s->chunk, DATA_CHUNK,
+			 "Return-Path: <%s>\nReceived: from %s\n\tby %s (smtpd) with %s id %s;\n\t%s\n",
+			 s->sender, from, s->cfg->hostname, with, s->md.id, date);
+	s->chunk_len = s->prefix_len = (size_t)(n > 0 ? n : 0);
+	s->first_line = FIRST_UNDECIDED;
+	s->in_header = s->at_line_start = true;
+	s->header_match = 0;
+	s->received_count = 0;
+	s->msg_size = 0;
+}
+
+static void end_message(struct session *s)
+{
+	if (s->first_line == FIRST_UNDECIDED)
+		decide_first_line(s, s->chunk_len == s->prefix_len ? FIRST_IS_HEADER : FIRST_IS_BODY);
+	if (s->chunk_len > s->prefix_len && s->chunk[s->chunk_len - 1] != '\n')
+		s->chunk[s->chunk_len++] = '\n';
+	chunk_flush(s);
+}
+
+/* ---- transactions ---- */
+
+static void reset_transaction(struct session *s)
+{
+	md_reset(&s->md);
+	s->sender[0] = '\0';
+	s->smtputf8 = s->rcpt_tried = false;
+	s->rcpt_count = 0;
+	s->txn_error = RPL_NONE;
+	s->msg_size = 0;
+	if (s->state != ST_START)
+		s->state = ST_READY;
+}
+
+static void log_delivery(struct session *s)
+{
+	char line[1536];
+	size_t len = 0;
+
+	for (size_t i = 0; i < s->rcpt_count && len < sizeof line; i++) {
+		struct md_box *box = &s->md.boxes[s->rcpts[i].box];
+		if (box->result != MD_OK)
+			continue;
+		int n = snprintf(line + len, sizeof line - len, " to=<%s> file=%s/new/%s",
+				 s->rcpts[i].addr, box->path, box->file);
+		len += n > 0 ? (size_t)n : 0;
+	}
+	log_line("delivered id=%s from=<%s> size=%llu%s", s->md.id, s->sender,
+		 (unsigned long long)s->md.stored_bytes, line);
+}
+
+/* After the last octet: the reply, or in LMTP one reply per recipient (RFC 2033 4.2). */
+static void finish_message(struct session *s)
+{
+	end_message(s);
+	if (s->txn_error == RPL_NONE) {
+		enum md_result r = md_commit(&s->md, !s->cfg->lmtp);
+		if (r != MD_OK)
+			data_fail(s, md_replies[r]);
+	}
+	for (size_t i = 0; i < (s->cfg->lmtp ? s->rcpt_count : 1); i++) {
+		enum md_result r = s->md.boxes[s->rcpts[i].box].result;
+		if (s->txn_error == RPL_NONE && r == MD_OK)
+			replyf(s, "250 2.0.0 %s delivered", s->md.id);
+		else
+			reply(s, s->txn_error != RPL_NONE ? s->txn_error : md_replies[r]);
+	}
+	if (s->txn_error == RPL_NONE) {
+		log_delivery(s);
+		s->messages++;
+		s->recipients += s->rcpt_count;
+		s->bytes += s->md.stored_bytes;
+	}
+	reset_transaction(s);
+}
+
+/* Strict sessions end the data only at CRLF.CRLF; a bare LF is stored as a line break but never
+ * starts a line, so none of the smuggling sequences can end it. LF sessions take LF alone. */
+static bool scan_data(struct session *s)
+{
+	const unsigned char *p = s->in + s->in_start, *end = s->in + s->in_end, *nl = NULL;
+	bool lf_ends = s->ends == ENDS_LF, done = false;
+
+	while (p < end && !done) {
+		switch (s->dstate) {
+		case D_TEXT: {
+			if (nl == NULL || nl < p) {
+				nl = memchr(p, '\n', (size_t)(end - p));
+				nl = nl ? nl : end;
+			}
+			const unsigned char *cr = memchr(p, '\r', (size_t)(nl - p));
+			const unsigned char *stop = cr ? cr : nl;
+			emit(s, p, (size_t)(stop - p));
+			count_size(s, (uint64_t)(stop - p));
+			p = stop;
+			if (p == end)
+				break;
+			if (*p == '\r') {
+				s->dstate = D_CR;
+			} else {
+				emit(s, p, 1);
+				count_size(s, lf_ends ? 2 : 1);
+				s->dstate = lf_ends ? D_BOL : D_TEXT;
+			}
+			p++;
+			break;
+		}
+		case D_CR:
+			if (*p == '\n') {
+				emit(s, p++, 1);
+				count_size(s, 2);
+				s->dstate = D_BOL;
+			} else {
+				emit(s, (const unsigned char *)"\r", 1);
+				count_size(s, 1);
+				s->dstate = D_TEXT;
+			}
+			break;
+		case D_BOL:
+			s->dstate = *p == '.' ? D_DOT : D_TEXT;
+			p += *p == '.';
+			break;
+		case D_DOT:
+			if (*p == '\r')
+				s->dstate = D_DOT_CR, p++;
+			else if (*p == '\n' && lf_ends)
+				done = true, p++;
+			else
+				s->dstate = D_TEXT; /* the dot was stuffing */
+			break;
+		case D_DOT_CR:
+			if (*p == '\n') {
+				done = true, p++;
+			} else {
+				emit(s, (const unsigned char *)"\r", 1);
+				count_size(s, 1);
+				s->dstate = D_TEXT;
+			}
+			break;
+		}
+	}
+	s->in_start = (size_t)(p - s->in);
+	return done;
+}
+
+/* BDAT chunks are taken as sent (RFC 3030), but for CRLF, which is stored as LF, even when the
+ * CR ends one chunk and the LF starts the next. */
+static void bdat_emit(struct session *s, const unsigned char *p, size_t len)
+{
+	const unsigned char *end = p + len;
+
+	if (s->bdat_cr_pending && p < end) {
+		s->bdat_cr_pending = false;
+		if (*p == '\n')
+			emit(s, p++, 1);
+		else
+			emit(s, (const unsigned char *)"\r", 1);
+	}
+	while (p < end) {
+		const unsigned char *cr = memchr(p, '\r', (size_t)(end - p));
+		const unsigned char *stop = cr ? cr : end;
+		emit(s, p, (size_t)(stop - p));
+		p = stop;
+		if (p == end)
+			break;
+		if (p + 1 == end) {
+			s->bdat_cr_pending = true;
+			p++;
+		} else if (p[1] == '\n') {
+			emit(s, p + 1, 1);
+			p += 2;
+		} else {
+			emit(s, p++, 1);
+		}
+	}
+}
+
+static void bdat_chunk_done(struct session *s)
+{
+	s->input = IN_COMMANDS;
+	if (s->bdat_reply != RPL_NONE) {
+		reply(s, s->bdat_reply);
+		return;
+	}
+	if (!s->bdat_last) {
+		if (s->txn_error != RPL_NONE)
+			reply(s, s->txn_error);
+		else
+			replyf(s, "250 2.0.0 %llu octets received", (unsigned long long)s->msg_size);
+		return;
+	}
+	if (s->bdat_cr_pending) {
+		s->bdat_cr_pending = false;
+		emit(s, (const unsigned char *)"\r", 1);
+	}
+	finish_message(s);
+}
+
+static bool scan_bdat(struct session *s)
+{
+	size_t avail = s->in_end - s->in_start;
+	size_t n = s->bdat_left < avail ? (size_t)s->bdat_left : avail;
+
+	if (s->bdat_reply == RPL_NONE) {
+		bdat_emit(s, s->in + s->in_start, n);
+		count_size(s, n);
+	}
+	s->in_start += n;
+	s->bdat_left -= n;
+	if (s->bdat_left > 0)
+		return false;
+	bdat_chunk_done(s);
+	return true;
+}
+
+/* ---- verbs ---- */
+
+enum verb {
+	V_HELO, V_EHLO, V_LHLO, V_MAIL, V_RCPT, V_DATA, V_BDAT, V_RSET, V_NOOP, V_QUIT, V_VRFY,
+	V_HELP, V_NOT_IMPL,
+};
+enum arg_rule { ARG_NONE, ARG_OPTIONAL, ARG_REQUIRED };
+enum { MODE_SMTP = 1, MODE_LMTP = 2, MODE_BOTH = 3 };
+
+static void greet_client(struct session *s, char *arg, const char *protocol, bool extended)
+{
+	reset_transaction(s);
+	size_t i = 0;
+	for (; arg[i] != '\0' && i < HELO_MAX; i++) {
+		unsigned char c = (unsigned char)arg[i];
+		bool safe = is_alpha(c) || is_digit(c) || (c && strchr(".-_:[]", c));
+		s->helo[i] = safe ? (char)c : '?';
+	}
+	s->helo[i] = '\0';
+	s->protocol = protocol;
+	s->extended = extended;
+	s->state = ST_READY;
+	if (!extended) {
+		replyf(s, "250 %s", s->cfg->hostname);
+		return;
+	}
+	replyf(s, "250-%s", s->cfg->hostname);
+	reply_text(s, "250-PIPELINING", 14);
+	replyf(s, "250-SIZE %llu", (unsigned long long)s->cfg->max_size);
+	reply_text(s, "250-8BITMIME", 12);
+	reply_text(s, "250-ENHANCEDSTATUSCODES", 23);
+	reply_text(s, "250-SMTPUTF8", 12);
+	reply_text(s, "250-CHUNKING", 12);
+	reply_text(s, "250 HELP", 8);
+}
+
+static void h_helo(struct session *s, char *arg)
+{
+	greet_client(s, arg, "SMTP", false);
+}
+
+static void h_ehlo(struct session *s, char *arg)
+{
+	greet_client(s, arg, "ESMTP", true);
+}
+
+static void h_lhlo(struct session *s, char *arg)
+{
+	greet_client(s, arg, "LMTP", true);
+}
+
+/* "FROM:" or "TO:", case-insensitive, then (a leniency) any spaces before the path. */
+static const char *after_keyword(const char *arg, const char *keyword)
+{
+	size_t len = strlen(keyword);
+
+	if (strncasecmp(arg, keyword, len) != 0)
+		return NULL;
+	arg += len;
+	while (*arg == ' ')
+		arg++;
+	return arg;
+}
+
+/* One parameter "KEYWORD[=value]" (RFC 5321 4.1.2 esmtp-param) split in place. */
+static bool split_param(char *param, char **value)
+{
+	char *eq = strchr(param, '=');
+
+	if (!is_alpha((unsigned char)*param) && !is_digit((unsigned char)*param))
+		return false;
+	for (char *p = param; *p && p != eq; p++)
+		if (!is_alpha((unsigned char)*p) && !is_digit((unsigned char)*p) && *p != '-')
+			return false;
+	*value = NULL;
+	if (eq != NULL) {
+		*eq = '\0';
+		*value = eq + 1;
+		if (**value == '\0')
+			return false;
+		for (char *p = *value; *p; p++)
+			if ((unsigned char)*p < 33 || *p == '=' || *p == 127)
+				return false;
+	}
+	return true;
+}
+
+static enum reply_id param_size(struct session *s, const char *value)
+{
+	if (value == NULL || strlen(value) > 20 || strspn(value, "0123456789") != strlen(value))
+		return RPL_BAD_SIZE;
+	errno = 0;
+	unsigned long long size = strtoull(value, NULL, 10);
+	return (errno == ERANGE || size > s->cfg->max_size) ? RPL_TOO_BIG : RPL_NONE;
+}
+
+static enum reply_id param_body(struct session *s, const char *value)
+{
+	(void)s;
+	if (value && (strcasecmp(value, "7BIT") == 0 || strcasecmp(value, "8BITMIME") == 0))
+		return RPL_NONE;
+	return RPL_BAD_BODY;
+}
+
+static enum reply_id param_smtputf8(struct session *s, const char *value)
+{
+	s->smtputf8 = true;
+	return value == NULL ? RPL_NONE : RPL_BAD_PARAM;
+}
+
+/* The MAIL parameters we take (RFC 1870, 6152, 6531); each at most once. */
+static const struct {
+	const char *name;
+	enum reply_id (*check)(struct session *, const char *);
+} mail_params_known[] = {
+	{"SIZE", param_size},
+	{"BODY", param_body},
+	{"SMTPUTF8", param_smtputf8},
+};
+
+static enum reply_id mail_param(struct session *s, char *param, unsigned *seen)
+{
+	char *value;
+
+	if (!split_param(param, &value))
+		return RPL_BAD_PARAM;
+	for (unsigned i = 0; i < sizeof mail_params_known / sizeof mail_params_known[0]; i++) {
+		if (strcasecmp(param, mail_params_known[i].name) != 0)
+			continue;
+		if (*seen & 1u << i)
+			return RPL_BAD_PARAM;
+		*seen |= 1u << i;
+		return mail_params_known[i].check(s, value);
+	}
+	return RPL_UNKNOWN_PARAM;
+}
+
+static enum reply_id mail_params(struct session *s, char *rest)
+{
+	unsigned seen = 0;
+	char *save = NULL;
+
+	if (*rest == '\0')
+		return RPL_NONE;
+	if (*rest != ' ')
+		return RPL_BAD_SENDER;
+	if (!s->extended) /* after HELO: plain SMTP has no parameters */
+		return RPL_UNKNOWN_PARAM;
+	for (char *p = strtok_r(rest, " ", &save); p; p = strtok_r(NULL, " ", &save)) {
+		enum reply_id r = mail_param(s, p, &seen);
+		if (r != RPL_NONE)
+			return r;
+	}
+	return RPL_NONE;
+}
+
+static void h_mail(struct session *s, char *arg)
+{
+	struct address a;
+	const char *path = after_keyword(arg, "FROM:"), *rest = NULL;
+
+	s->smtputf8 = false;
+	enum path_result pr = path ? parse_path(path, &a, &rest) : PATH_BAD;
+	if (pr == PATH_BAD || pr == PATH_POSTMASTER) {
+		reply(s, RPL_BAD_SENDER);
+		return;
+	}
+	enum reply_id r = mail_params(s, (char *)rest);
+	if (r == RPL_NONE && a.has_8bit && !s->smtputf8)
+		r = RPL_NEED_UTF8;
+	if (r != RPL_NONE) {
+		s->smtputf8 = false;
+		reply(s, r);
+		return;
+	}
+	snprintf(s->sender, sizeof s->sender, "%s", a.text);
+	s->state = ST_MAIL;
+	reply(s, RPL_MAIL_OK);
+}
+
+static void h_rcpt(struct session *s, char *arg)
+{
+	struct address a;
+	const char *path = after_keyword(arg, "TO:"), *rest = NULL;
+	size_t box;
+
+	s->rcpt_tried = true;
+	enum path_result pr = path ? parse_path(path, &a, &rest) : PATH_BAD;
+	if (pr == PATH_BAD || pr == PATH_NULL || (*rest != '\0' && *rest != ' ')) {
+		reply(s, RPL_BAD_RCPT);
+		return;
+	}
+	if (*rest != '\0') {
+		reply(s, RPL_UNKNOWN_PARAM);
+		return;
+	}
+	if (a.has_8bit && !s->smtputf8) {
+		reply(s, RPL_NEED_UTF8);
+		return;
+	}
+	if (s->rcpt_count >= s->cfg->max_rcpt) {
+		reply(s, RPL_TOO_MANY_RCPT);
+		return;
+	}
+	const char *domain = pr == PATH_POSTMASTER ? s->cfg->hostname : a.domain;
+	enum md_result r = md_add(&s->md, s->cfg->mail_template, a.local, domain, &box);
+	if (r != MD_OK) {
+		reply(s, md_replies[r]);
+		return;
+	}
+	struct rcpt *rc = &s->rcpts[s->rcpt_count++];
+	snprintf(rc->addr, sizeof rc->addr, "%s", a.text);
+	rc->box = box;
+	s->state = ST_RCPT;
+	reply(s, RPL_RCPT_OK);
+}
+
+static void h_data(struct session *s, char *arg)
+{
+	(void)arg;
+	enum md_result r = md_begin(&s->md);
+	if (r != MD_OK) {
+		data_fail(s, md_replies[r]);
+		reply(s, md_replies[r]);
+		reset_transaction(s);
+		return;
+	}
+	reply(s, RPL_DATA_GO);
+	start_message(s);
+	s->input = IN_DATA;
+	s->dstate = D_BOL;
+}
+
+/* "BDAT <size> [LAST]". The chunk is read whatever the reply, or it would be taken for commands. */
+static void h_bdat(struct session *s, char *arg)
+{
+	char *end;
+
+	if (!is_digit((unsigned char)*arg) || strspn(arg, "0123456789") > 20) {
+		reply(s, RPL_BAD_BDAT);
+		return;
+	}
+	errno = 0;
+	unsigned long long size = strtoull(arg, &end, 10);
+	bool last = strcasecmp(end, " LAST") == 0;
+	if (errno == ERANGE || (*end != '\0' && !last)) {
+		reply(s, RPL_BAD_BDAT);
+		return;
+	}
+	s->bdat_left = size;
+	s->bdat_last = last;
+	s->bdat_reply = RPL_NONE;
+	s->input = IN_BDAT;
+	if (s->state == ST_RCPT) {
+		enum md_result r = md_begin(&s->md);
+		start_message(s);
+		if (r != MD_OK)
+			data_fail(s, md_replies[r]);
+		s->state = ST_BDAT;
+		s->bdat_cr_pending = false;
+	} else if (s->state != ST_BDAT) {
+		s->bdat_reply = s->state == ST_START  ? RPL_NEED_HELO
+				: s->state == ST_READY ? RPL_NEED_MAIL
+						       : s->rcpt_tried ? RPL_NO_VALID_RCPT : RPL_NEED_RCPT;
+	}
+}
+
+static void h_rset(struct session *s, char *arg)
+{
+	(void)arg;
+	reset_transaction(s);
+	reply(s, RPL_OK);
+}
+
+static void h_noop(struct session *s, char *arg)
+{
+	(void)arg;
+	reply(s, RPL_OK);
+}
+
+static void h_quit(struct session *s, char *arg)
+{
+	(void)arg;
+	replyf(s, "221 2.0.0 %s closing", s->cfg->hostname);
+	end_session(s, EXIT_QUIT, "quit");
+}
+
+static void h_vrfy(struct session *s, char *arg)
+{
+	(void)arg;
+	reply(s, RPL_VRFY);
+}
+
+static void h_help(struct session *s, char *arg)
+{
+	(void)arg;
+	reply(s, s->cfg->lmtp ? RPL_HELP_LMTP : RPL_HELP);
+}
+
+static void h_not_impl(struct session *s, char *arg)
+{
+	(void)arg;
+	reply(s, RPL_NOT_IMPL);
+}
+
+static const struct command {
+	const char *name;
+	enum verb verb;
+	void (*handle)(struct session *, char *);
+	unsigned states; /* where the verb is in sequence; elsewhere 503 */
+	enum arg_rule arg;
+	unsigned modes;
+} commands[] = {
+	{"HELO", V_HELO, h_helo, ST_ANY, ARG_REQUIRED, MODE_SMTP},
+	{"EHLO", V_EHLO, h_ehlo, ST_ANY, ARG_REQUIRED, MODE_SMTP},
+	{"LHLO", V_LHLO, h_lhlo, ST_ANY, ARG_REQUIRED, MODE_LMTP},
+	{"MAIL", V_MAIL, h_mail, ST_READY, ARG_REQUIRED, MODE_BOTH},
+	{"RCPT", V_RCPT, h_rcpt, ST_MAIL | ST_RCPT, ARG_REQUIRED, MODE_BOTH},
+	{"DATA", V_DATA, h_data, ST_RCPT, ARG_NONE, MODE_BOTH},
+	{"BDAT", V_BDAT, h_bdat, ST_ANY, ARG_REQUIRED, MODE_BOTH},
+	{"RSET", V_RSET, h_rset, ST_ANY, ARG_NONE, MODE_BOTH},
+	{"NOOP", V_NOOP, h_noop, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{"QUIT", V_QUIT, h_quit, ST_ANY, ARG_NONE, MODE_BOTH},
+	{"VRFY", V_VRFY, h_vrfy, ST_ANY, ARG_REQUIRED, MODE_BOTH},
+	{"HELP", V_HELP, h_help, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{"EXPN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{"TURN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{"ATRN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{"ETRN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{"SEND", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{"SOML", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{"SAML", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{"STARTTLS", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{"AUTH", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{"BURL", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+};
+
+/* The one place that answers a verb given out of order. */
+static enum reply_id sequence_error(const struct session *s, enum verb verb)
+{
+	if (s->state == ST_START)
+		return RPL_NEED_HELO;
+	switch (verb) {
+	case V_MAIL: return RPL_NESTED_MAIL;
+	case V_RCPT: return s->state == ST_READY ? RPL_NEED_MAIL : RPL_BAD_SEQUENCE;
+	case V_DATA:
+		if (s->state == ST_BDAT)
+			return RPL_DATA_AFTER_BDAT;
+		if (s->state == ST_MAIL)
+			return s->rcpt_tried ? RPL_NO_VALID_RCPT : RPL_NEED_RCPT;
+		return RPL_NEED_MAIL;
+	default: return RPL_BAD_SEQUENCE;
+	}
+}
+
+static void dispatch(struct session *s, char *line)
+{
+	size_t verb_len = strcspn(line, " ");
+	char *arg = line + verb_len;
+	unsigned mode = s->cfg->lmtp ? MODE_LMTP : MODE_SMTP;
+
+	while (*arg == ' ')
+		arg++;
+	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+		const struct command *c = &commands[i];
+		if (strlen(c->name) != verb_len || strncasecmp(line, c->name, verb_len) != 0 ||
+		    !(c->modes & mode))
+			continue;
+		if (c->arg == ARG_NONE && *arg != '\0')
+			reply(s, RPL_NO_ARGS);
+		else if (c->arg == ARG_REQUIRED && *arg == '\0')
+			reply(s, RPL_NEED_ARG);
+		else if (!(c->states & s->state))
+			reply(s, sequence_error(s, c->verb));
+		else
+			c->handle(s, arg);
+		return;
+	}
+	reply(s, RPL_UNKNOWN);
+}
+
+/* Takes one command line from the buffer. The first line decides the session's line ends. */
+static bool next_command(struct session *s)
+{
+	unsigned char *line = s->in + s->in_start;
+	size_t avail = s->in_end - s->in_start;
+	unsigned char *nl = memchr(line, '\n', avail);
+
+	if (nl == NULL) {
+		if (avail < LINE_MAX_OCTETS)
+			return false;
+		/* Keep a final CR: it may be the first half of the CRLF that ends this line. */
+		s->in_start = s->in_end - (line[avail - 1] == '\r');
+		if (s->input == IN_COMMANDS)
+			reply(s, RPL_LINE_LONG);
+		s->input = IN_DISCARD_LINE;
+		return true;
+	}
+	size_t len = (size_t)(nl - line) + 1;
+	bool crlf = len >= 2 && nl[-1] == '\r';
+	s->in_start += len;
+	if (s->input == IN_DISCARD_LINE) {
+		s->input = IN_COMMANDS;
+		return true;
+	}
+	if (s->ends == ENDS_UNKNOWN)
+		s->ends = crlf ? ENDS_CRLF : ENDS_LF;
+	if (len > LINE_MAX_OCTETS) {
+		reply(s, RPL_LINE_LONG);
+		return true;
+	}
+	if (s->ends == ENDS_CRLF && !crlf) {
+		reply(s, RPL_BARE_LF);
+		return true;
+	}
+	len -= crlf ? 2 : 1;
+	if (memchr(line, '\0', len) != NULL || memchr(line, '\r', len) != NULL) {
+		reply(s, RPL_BAD_CHAR);
+		return true;
+	}
+	char text[LINE_MAX_OCTETS];
+	while (len > 0 && line[len - 1] == ' ')
+		len--;
+	memcpy(text, line, len);
+	text[len] = '\0';
+	dispatch(s, text);
+	return true;
+}
+
+/* Does what the buffered input allows; false when more input is needed. */
+static bool step(struct session *s)
+{
+	switch (s->input) {
+	case IN_DATA:
+		if (!scan_data(s))
+			return false;
+		s->input = IN_COMMANDS;
+		finish_message(s);
+		return true;
+	case IN_BDAT:
+		return scan_bdat(s);
+	case IN_COMMANDS:
+	case IN_DISCARD_LINE:
+		return next_command(s);
+	}
+	return false;
+}
+
+static void log_session(struct session *s)
+{
+	double seconds = (double)(now_ms() - s->started_ms) / 1000.0;
+
+	log_line("session client=%s helo=%s messages=%lu recipients=%lu bytes=%llu end=%s "
+		 "seconds=%.3f",
+		 s->cfg->client_addr[0] ? s->cfg->client_addr : "-", s->helo[0] ? s->helo : "-",
+		 s->messages, s->recipients, (unsigned long long)s->bytes, s->end_reason,
+		 seconds);
+}
+
+int smtp_session(struct config *cfg)
+{
+	struct session *s = &S;
+
+	memset(s, 0, sizeof *s);
+	s->cfg = cfg;
+	s->state = ST_START;
+	s->protocol = "SMTP";
+	s->started_ms = s->last_input_ms = now_ms();
+	s->rcpts = calloc(cfg->max_rcpt, sizeof *s->rcpts);
+	if (s->rcpts == NULL || md_txn_init(&s->md, cfg->max_rcpt) != 0) {
+		log_line("out of memory");
+		return EXIT_TEMPFAIL;
+	}
+	if (cfg->proxy && !read_proxy_header(s)) {
+		end_session(s, EXIT_DROPPED, "bad PROXY header");
+		log_session(s);
+		free(s->rcpts);
+		return EXIT_DROPPED;
+	}
+	replyf(s, "220 %s %s smtpd", cfg->hostname, cfg->lmtp ? "LMTP" : "ESMTP");
+	s->greeted = true;
+	while (!s->done)
+		if (!step(s) && !s->done)
+			fill_in(s);
+	flush_out(s);
+	reset_transaction(s);
+	log_session(s);
+	free(s->rcpts);
+	free(s->md.boxes);
+	return s->exit_status;
+}

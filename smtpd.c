@@ -1,0 +1,226 @@
+/* smtpd.c: options, the launcher's environment, logging, start-up. */
+#include "smtp.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char usage_text[] = "usage: smtpd [-Lp] [-h hostname] [-m template] [-r max_rcpt] "
+				 "[-s max_bytes] [-t seconds] [-T seconds] | smtpd -V";
+
+static bool log_to_syslog;
+static char default_template[MD_PATH_MAX];
+static char host_buf[HELO_MAX + 1];
+
+static void die(int status, const char *what, const char *detail)
+{
+	fprintf(stderr, "smtpd: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
+	exit(status);
+}
+
+static void die_usage(const char *what, const char *detail)
+{
+	fprintf(stderr, "smtpd: %s%s%s\n%s\n", what, detail ? ": " : "", detail ? detail : "",
+		usage_text);
+	exit(EXIT_USAGE);
+}
+
+void log_line(const char *fmt, ...)
+{
+	char line[2048];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	/* Log lines carry client text: nothing below a space gets through. */
+	for (char *p = line; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
+	if (log_to_syslog)
+		syslog(LOG_MAIL | LOG_INFO, "%s", line);
+	else
+		fprintf(stderr, "smtpd[%ld]: %s\n", (long)getpid(), line);
+}
+
+/* Under inetd and xinetd fd 2 is the client's socket: a log line there would enter the SMTP
+ * stream. Log to stderr only when fd 2 is open and is not the same file as fd 0 or fd 1. */
+static bool stderr_is_private(void)
+{
+	struct stat err, in, out;
+
+	if (fstat(2, &err) != 0)
+		return false;
+	if (fstat(0, &in) == 0 && in.st_dev == err.st_dev && in.st_ino == err.st_ino)
+		return false;
+	if (fstat(1, &out) == 0 && out.st_dev == err.st_dev && out.st_ino == err.st_ino)
+		return false;
+	return true;
+}
+
+/* A decimal number in [min, max], nothing else: no sign, no blanks, no overflow. */
+static uint64_t parse_number(int opt, const char *text, uint64_t min, uint64_t max)
+{
+	uint64_t value = 0;
+	char name[3] = {'-', (char)opt, '\0'};
+
+	if (*text == '\0')
+		die_usage("empty value for", name);
+	for (const char *p = text; *p; p++) {
+		if (*p < '0' || *p > '9')
+			die_usage("not a number", text);
+		unsigned digit = (unsigned)(*p - '0');
+		if (value > (UINT64_MAX - digit) / 10)
+			die_usage("number too large", text);
+		value = value * 10 + digit;
+	}
+	if (value < min || value > max)
+		die_usage("value out of range", text);
+	return value;
+}
+
+/* A host name goes into the greeting, Received: and file names: printable, no blanks. */
+static const char *checked_hostname(const char *name)
+{
+	size_t len = strlen(name);
+
+	if (len == 0 || len > HELO_MAX)
+		die_usage("bad host name length", name);
+	for (const char *p = name; *p; p++)
+		if (*p <= ' ' || *p >= 0x7f || *p == '/')
+			die_usage("bad character in host name", name);
+	return name;
+}
+
+static const char *default_hostname(void)
+{
+	if (gethostname(host_buf, sizeof host_buf - 1) != 0 || host_buf[0] == '\0')
+		snprintf(host_buf, sizeof host_buf, "localhost");
+	return checked_hostname(host_buf);
+}
+
+/* $HOME/Maildir, or the password database's home when HOME is unset (xinetd's passenv =). */
+static const char *home_maildir(void)
+{
+	const char *home = getenv("HOME");
+
+	if (home == NULL || *home == '\0') {
+		struct passwd *pw = getpwuid(getuid());
+		if (pw == NULL || pw->pw_dir == NULL || *pw->pw_dir == '\0')
+			die(EXIT_OSERR, "no HOME and no home directory for this user", NULL);
+		home = pw->pw_dir;
+	}
+	int n = snprintf(default_template, sizeof default_template, "%s/Maildir", home);
+	if (n < 0 || (size_t)n >= sizeof default_template)
+		die(EXIT_OSERR, "home directory path too long", NULL);
+	return default_template;
+}
+
+static void parse_options(int argc, char **argv, struct config *cfg)
+{
+	int opt;
+
+	opterr = 0;
+	while ((opt = getopt(argc, argv, ":Lph:m:r:s:t:T:V")) != -1) {
+		switch (opt) {
+		case 'L': cfg->lmtp = true; break;
+		case 'p': cfg->proxy = true; break;
+		case 'h': cfg->hostname = checked_hostname(optarg); break;
+		case 'm': cfg->mail_template = optarg; break;
+		case 'r': cfg->max_rcpt = parse_number(opt, optarg, 1, RCPT_LIMIT_MAX); break;
+		case 's': cfg->max_size = parse_number(opt, optarg, 1, UINT64_MAX / 2); break;
+		case 't': cfg->idle_timeout = (unsigned)parse_number(opt, optarg, 1, TIMEOUT_MAX); break;
+		case 'T':
+			cfg->session_timeout = (unsigned)parse_number(opt, optarg, 1, TIMEOUT_MAX);
+			break;
+		case 'V':
+			printf("smtpd %s\n", SMTPD_VERSION);
+			exit(EXIT_QUIT);
+		case ':': die_usage("option needs a value", argv[optind - 1]);
+		default: {
+			char name[3] = {'-', (char)optopt, '\0'};
+			die_usage("unknown option", name);
+		}
+		}
+	}
+	if (optind != argc)
+		die_usage("unexpected argument", argv[optind]);
+	if (cfg->mail_template != NULL &&
+	    (*cfg->mail_template == '\0' || strlen(cfg->mail_template) >= MD_PATH_MAX))
+		die_usage("bad -m template length", NULL);
+}
+
+/* Only what an address can hold passes; "::ffff:192.0.2.1" is shown as the IPv4 it is. */
+static void set_client_addr(struct config *cfg, const char *text)
+{
+	size_t len = strspn(text, "0123456789abcdefABCDEF:.");
+
+	if (len == 0 || text[len] != '\0' || len >= sizeof cfg->client_addr)
+		return;
+	if (strncmp(text, "::ffff:", 7) == 0 && strchr(text + 7, '.') != NULL)
+		text += 7;
+	snprintf(cfg->client_addr, sizeof cfg->client_addr, "%s", text);
+}
+
+/* tcpserver, systemd Accept=yes, xinetd, then the socket itself; a pipe has no address. */
+static void find_client_addr(struct config *cfg)
+{
+	static const char *const vars[] = {"TCPREMOTEIP", "REMOTE_ADDR", "REMOTE_HOST"};
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	char text[INET6_ADDRSTRLEN];
+
+	for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+		const char *value = getenv(vars[i]);
+		if (value != NULL && *value != '\0') {
+			set_client_addr(cfg, value);
+			if (cfg->client_addr[0] != '\0')
+				return;
+		}
+	}
+	if (getpeername(0, (struct sockaddr *)&ss, &len) != 0)
+		return;
+	if (ss.ss_family == AF_INET &&
+	    inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, text, sizeof text))
+		set_client_addr(cfg, text);
+	else if (ss.ss_family == AF_INET6 &&
+		 inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, text, sizeof text))
+		set_client_addr(cfg, text);
+}
+
+int main(int argc, char **argv)
+{
+	struct config cfg = {
+		.max_size = DEFAULT_MAX_SIZE,
+		.max_rcpt = DEFAULT_MAX_RCPT,
+		.idle_timeout = DEFAULT_IDLE_TIMEOUT,
+		.session_timeout = DEFAULT_SESSION_TIMEOUT,
+	};
+
+	parse_options(argc, argv, &cfg);
+	if (cfg.hostname == NULL)
+		cfg.hostname = default_hostname();
+	if (cfg.mail_template == NULL)
+		cfg.mail_template = home_maildir();
+	/* A vanished client must surface as EPIPE, a file over RLIMIT_FSIZE as EFBIG. */
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGXFSZ, SIG_IGN);
+	umask(077);
+	tzset();
+	log_to_syslog = !stderr_is_private();
+	if (log_to_syslog)
+		openlog("smtpd", LOG_PID, LOG_MAIL);
+	find_client_addr(&cfg);
+	return smtp_session(&cfg);
+}
