@@ -1,0 +1,162 @@
+/* An LD_PRELOAD shim for tests: makes one chosen call to write, fsync, open, openat, mkdir,
+ * mkdirat, link, linkat, rename or renameat fail with a chosen errno.
+ *   FAULT_CALL=fsync      the function to fail (write and fsync count only fds above 2,
+ *                         so the replies on fds 0-2 are never hit)
+ *   FAULT_NTH=3           fail its 3rd call; 0 fails none and only counts
+ *   FAULT_ERRNO=ENOSPC    ENOSPC EDQUOT EIO EACCES EROFS EXDEV EMFILE (default EIO)
+ *   FAULT_TRACE=file      append one line per counted call: "<function>"
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const struct {
+	const char *name;
+	int value;
+} errnos[] = {
+	{"ENOSPC", ENOSPC}, {"EDQUOT", EDQUOT}, {"EIO", EIO},       {"EACCES", EACCES},
+	{"EROFS", EROFS},   {"EXDEV", EXDEV},   {"EMFILE", EMFILE}, {"EFBIG", EFBIG},
+};
+
+static int fault_errno(void)
+{
+	const char *name = getenv("FAULT_ERRNO");
+
+	for (size_t i = 0; name && i < sizeof errnos / sizeof errnos[0]; i++)
+		if (strcmp(name, errnos[i].name) == 0)
+			return errnos[i].value;
+	return EIO;
+}
+
+static void trace(const char *fn)
+{
+	const char *path = getenv("FAULT_TRACE");
+	ssize_t (*real_write)(int, const void *, size_t) = dlsym(RTLD_NEXT, "write");
+
+	if (path == NULL)
+		return;
+	int (*real_open)(const char *, int, ...) = dlsym(RTLD_NEXT, "open");
+	int fd = real_open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	if (real_write(fd, fn, strlen(fn)) < 0 || real_write(fd, "\n", 1) < 0)
+		(void)0;
+	close(fd);
+}
+
+/* True when this call is the one chosen to fail. */
+static int should_fail(const char *fn)
+{
+	static unsigned long calls;
+	const char *call = getenv("FAULT_CALL"), *nth = getenv("FAULT_NTH");
+
+	if (call == NULL || strcmp(call, fn) != 0)
+		return 0;
+	trace(fn);
+	calls++;
+	if (nth == NULL || strtoul(nth, NULL, 10) != calls)
+		return 0;
+	errno = fault_errno();
+	return 1;
+}
+
+#define REAL(fn) ((__typeof__(&fn))dlsym(RTLD_NEXT, #fn))
+
+ssize_t write(int fd, const void *buf, size_t len)
+{
+	if (fd > 2 && should_fail("write"))
+		return -1;
+	return REAL(write)(fd, buf, len);
+}
+
+int fsync(int fd)
+{
+	if (fd > 2 && should_fail("fsync"))
+		return -1;
+	return REAL(fsync)(fd);
+}
+
+static mode_t mode_arg(int flags, va_list ap)
+{
+	return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? va_arg(ap, mode_t) : 0;
+}
+
+int open(const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	if (should_fail("open"))
+		return -1;
+	return REAL(open)(path, flags, mode);
+}
+
+int open64(const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	if (should_fail("open"))
+		return -1;
+	return REAL(open64)(path, flags, mode);
+}
+
+int openat(int dir, const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	if (should_fail("openat"))
+		return -1;
+	return REAL(openat)(dir, path, flags, mode);
+}
+
+int openat64(int dir, const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	if (should_fail("openat"))
+		return -1;
+	return REAL(openat64)(dir, path, flags, mode);
+}
+
+int mkdir(const char *path, mode_t mode)
+{
+	return should_fail("mkdir") ? -1 : REAL(mkdir)(path, mode);
+}
+
+int mkdirat(int dir, const char *path, mode_t mode)
+{
+	return should_fail("mkdirat") ? -1 : REAL(mkdirat)(dir, path, mode);
+}
+
+int link(const char *from, const char *to)
+{
+	return should_fail("link") ? -1 : REAL(link)(from, to);
+}
+
+int linkat(int fromdir, const char *from, int todir, const char *to, int flags)
+{
+	return should_fail("linkat") ? -1 : REAL(linkat)(fromdir, from, todir, to, flags);
+}
+
+int rename(const char *from, const char *to)
+{
+	return should_fail("rename") ? -1 : REAL(rename)(from, to);
+}
+
+int renameat(int fromdir, const char *from, int todir, const char *to)
+{
+	return should_fail("renameat") ? -1 : REAL(renameat)(fromdir, from, todir, to);
+}
