@@ -235,11 +235,11 @@ static void flush_out(struct session *s)
 
 	while (sent < s->out_len) {
 		struct pollfd pfd = {.fd = 1, .events = POLLOUT};
-		if (poll(&pfd, 1, ms_left(s)) <= 0) {
-			if (errno == EINTR)
-				continue;
+		int ready = poll(&pfd, 1, ms_left(s));
+		if (ready < 0 && errno == EINTR)
+			continue;
+		if (ready <= 0)
 			break;
-		}
 		ssize_t n = write(1, s->out + sent, s->out_len - sent);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -799,7 +799,7 @@ static void reset_transaction(struct session *s)
 
 static void log_delivery(struct session *s)
 {
-	char line[1536];
+	char line[1536] = "";
 	size_t len = 0;
 
 	for (size_t i = 0; i < s->rcpt_count && len < sizeof line; i++) {
@@ -822,6 +822,9 @@ static void finish_message(struct session *s)
 		enum md_result r = md_commit(&s->md, !s->cfg->lmtp);
 		if (r != MD_OK)
 			data_fail(s, md_replies[r]);
+		else if (s->md.fail_op != NULL) /* LMTP: some recipients failed alone */
+			log_line("delivery failed for some recipients: %s: %s", s->md.fail_op,
+				 strerror(s->md.fail_errno));
 	}
 	for (size_t i = 0; i < (s->cfg->lmtp ? s->rcpt_count : 1); i++) {
 		enum md_result r = s->md.boxes[s->rcpts[i].box].result;

@@ -23,13 +23,13 @@ static bool log_to_syslog;
 static char default_template[MD_PATH_MAX];
 static char host_buf[HELO_MAX + 1];
 
-static void die(int status, const char *what, const char *detail)
+static _Noreturn void die(int status, const char *what, const char *detail)
 {
 	fprintf(stderr, "smtpd: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
 	exit(status);
 }
 
-static void die_usage(const char *what, const char *detail)
+static _Noreturn void die_usage(const char *what, const char *detail)
 {
 	fprintf(stderr, "smtpd: %s%s%s\n%s\n", what, detail ? ": " : "", detail ? detail : "",
 		usage_text);
