@@ -512,9 +512,11 @@ static void md_copy_into(struct md_txn *txn, size_t i)
 	md_placed[i] = e == 0;
 }
 
+/* No link across file systems (EXDEV), on some that lack them (EPERM, ENOTSUP), at too many
+ * links (EMLINK), or when the spool's Maildir was removed under us (ENOENT): its fd still reads. */
 static bool md_link_fails_over(int e)
 {
-	return e == EXDEV || e == EMLINK || e == EPERM || e == ENOTSUP;
+	return e == EXDEV || e == EPERM || e == ENOTSUP || e == EMLINK || e == ENOENT;
 }
 
 /* A box other than the spool's gets a hard link to the spool, or a copy. */
@@ -658,4 +660,13 @@ void md_reset(struct md_txn *txn)
 	txn->stored_bytes = 0;
 	txn->fail_op = NULL;
 	txn->fail_errno = 0;
+}
+
+/* The end of the session: what md_txn_init took is given back. */
+void md_txn_free(struct md_txn *txn)
+{
+	md_reset(txn);
+	free(txn->boxes);
+	txn->boxes = NULL;
+	txn->max_boxes = 0;
 }

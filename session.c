@@ -1452,23 +1452,21 @@ int smtp_session(struct config *cfg)
 	s->rcpts = calloc(cfg->max_rcpt, sizeof *s->rcpts);
 	if (s->rcpts == NULL || md_txn_init(&s->md, cfg->max_rcpt) != 0) {
 		log_line("out of memory");
+		free(s->rcpts);
 		return EXIT_TEMPFAIL;
 	}
 	if (cfg->proxy && !read_proxy_header(s)) {
 		end_session(s, EXIT_DROPPED, "bad PROXY header");
-		log_session(s);
-		free(s->rcpts);
-		return EXIT_DROPPED;
+	} else {
+		replyf(s, "220 %s %s smtpd", cfg->hostname, cfg->lmtp ? "LMTP" : "ESMTP");
+		s->greeted = true;
 	}
-	replyf(s, "220 %s %s smtpd", cfg->hostname, cfg->lmtp ? "LMTP" : "ESMTP");
-	s->greeted = true;
 	while (!s->done)
 		if (!step(s) && !s->done)
 			fill_in(s);
 	flush_out(s);
-	reset_transaction(s);
 	log_session(s);
+	md_txn_free(&s->md);
 	free(s->rcpts);
-	free(s->md.boxes);
 	return s->exit_status;
 }

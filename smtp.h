@@ -101,5 +101,6 @@ enum md_result md_write(struct md_txn *txn, const void *buf, size_t len);
 enum md_result md_commit(struct md_txn *txn, bool all_or_nothing);
 void md_abort(struct md_txn *txn);
 void md_reset(struct md_txn *txn);
+void md_txn_free(struct md_txn *txn);
 
 #endif
