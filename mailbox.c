@@ -144,6 +144,7 @@ static int md_is_maildir(int fd)
 	return 1;
 }
 
+/* At RCPT, running out of fds means too many Maildirs: 452 4.5.3 asks for the rest later. */
 static enum md_result md_errno_result(int e)
 {
 	if (e == EMFILE || e == ENFILE)

@@ -1,5 +1,6 @@
 /* session.c: one SMTP or LMTP session: the line reader, the verb table, the state machine, and
  * the DATA and BDAT decoders that stream the message into mailbox.c. */
+#define _POSIX_C_SOURCE 200809L
 #include "smtp.h"
 
 #include <arpa/inet.h>

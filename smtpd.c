@@ -1,4 +1,5 @@
 /* smtpd.c: options, the launcher's environment, logging, start-up. */
+#define _POSIX_C_SOURCE 200809L
 #include "smtp.h"
 
 #include <arpa/inet.h>
