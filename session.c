@@ -353,18 +353,33 @@ static bool proxy_port_ok(const char *p)
 	return len >= 1 && len <= 5 && strspn(p, "0123456789") == len && atol(p) <= 65535;
 }
 
+/* Splits at single spaces, as the specification writes them; an empty field is an error. */
+static size_t split_fields(char *line, char **field, size_t max)
+{
+	size_t n = 0;
+
+	for (char *p = line;; p++) {
+		if (n == max)
+			return max + 1;
+		field[n++] = p;
+		p = strchr(p, ' ');
+		if (p == NULL)
+			return n;
+		*p = '\0';
+		if (p == field[n - 1])
+			return max + 1;
+	}
+}
+
 /* "PROXY TCP4 src dst sport dport", "PROXY TCP6 ...", or "PROXY UNKNOWN ...". */
 static bool proxy_v1(struct session *s, char *line)
 {
-	char *field[6], *save = NULL;
-	size_t n = 0;
+	char *field[6];
 	unsigned char addr[16], dst[16];
 
-	for (char *f = strtok_r(line, " ", &save); f && n < 6; f = strtok_r(NULL, " ", &save))
-		field[n++] = f;
-	if (n >= 2 && strcmp(field[0], "PROXY") == 0 && strcmp(field[1], "UNKNOWN") == 0)
+	if (strncmp(line, "PROXY UNKNOWN", 13) == 0 && (line[13] == '\0' || line[13] == ' '))
 		return true;
-	if (n != 6 || strtok_r(NULL, " ", &save) != NULL || strcmp(field[0], "PROXY") != 0)
+	if (split_fields(line, field, 6) != 6 || strcmp(field[0], "PROXY") != 0)
 		return false;
 	int family = strcmp(field[1], "TCP4") == 0 ? AF_INET
 		     : strcmp(field[1], "TCP6") == 0 ? AF_INET6
@@ -597,7 +612,7 @@ static const char *skip_source_route(const char *p)
 	}
 }
 
-enum path_result { PATH_OK, PATH_NULL, PATH_POSTMASTER, PATH_BAD };
+enum path_result { PATH_OK, PATH_NULL, PATH_POSTMASTER, PATH_BAD, PATH_BAD_UTF8 };
 
 /* "<" [source route] mailbox ">"; on success *rest points after the ">". */
 static enum path_result parse_path(const char *p, struct address *a, const char **rest)
@@ -606,6 +621,9 @@ static enum path_result parse_path(const char *p, struct address *a, const char 
 	size_t local_len = 0;
 
 	memset(a, 0, sizeof *a);
+	/* Bad encoding is named as such, before the grammar can call it a syntax error. */
+	if (!valid_utf8((const unsigned char *)p, strlen(p)))
+		return PATH_BAD_UTF8;
 	if (*p++ != '<')
 		return PATH_BAD;
 	if (*p == '>') {
@@ -633,8 +651,6 @@ static enum path_result parse_path(const char *p, struct address *a, const char 
 	memcpy(a->text, box, (size_t)(q - box));
 	for (const char *c = start; c < q; c++)
 		a->has_8bit |= (unsigned char)*c >= 0x80;
-	if (a->has_8bit && !valid_utf8((const unsigned char *)start, (size_t)(q - start)))
-		return PATH_BAD;
 	*rest = q + 1;
 	return result;
 }
@@ -1145,8 +1161,8 @@ static void h_mail(struct session *s, char *arg)
 
 	s->smtputf8 = false;
 	enum path_result pr = path ? parse_path(path, &a, &rest) : PATH_BAD;
-	if (pr == PATH_BAD || pr == PATH_POSTMASTER) {
-		reply(s, RPL_BAD_SENDER);
+	if (pr == PATH_BAD || pr == PATH_BAD_UTF8 || pr == PATH_POSTMASTER) {
+		reply(s, pr == PATH_BAD_UTF8 ? RPL_BAD_UTF8 : RPL_BAD_SENDER);
 		return;
 	}
 	enum reply_id r = mail_params(s, (char *)rest);
@@ -1170,8 +1186,9 @@ static void h_rcpt(struct session *s, char *arg)
 
 	s->rcpt_tried = true;
 	enum path_result pr = path ? parse_path(path, &a, &rest) : PATH_BAD;
-	if (pr == PATH_BAD || pr == PATH_NULL || (*rest != '\0' && *rest != ' ')) {
-		reply(s, RPL_BAD_RCPT);
+	if (pr == PATH_BAD || pr == PATH_BAD_UTF8 || pr == PATH_NULL ||
+	    (*rest != '\0' && *rest != ' ')) {
+		reply(s, pr == PATH_BAD_UTF8 ? RPL_BAD_UTF8 : RPL_BAD_RCPT);
 		return;
 	}
 	if (*rest != '\0') {
