@@ -30,6 +30,8 @@ enum reply_id {
 	RPL_BARE_LF,
 	RPL_BAD_CHAR,
 	RPL_NEED_HELO,
+	RPL_NEED_LHLO,
+	RPL_NEED_EHLO,
 	RPL_NEED_MAIL,
 	RPL_NEED_RCPT,
 	RPL_NESTED_MAIL,
@@ -76,6 +78,8 @@ static const struct {
 	[RPL_BARE_LF] = {"500 5.5.2 Line must end with CRLF", true},
 	[RPL_BAD_CHAR] = {"500 5.5.2 Invalid character in command", true},
 	[RPL_NEED_HELO] = {"503 5.5.1 Send HELO/EHLO first", true},
+	[RPL_NEED_LHLO] = {"503 5.5.1 Send LHLO first", true},
+	[RPL_NEED_EHLO] = {"503 5.5.1 BDAT needs EHLO", true},
 	[RPL_NEED_MAIL] = {"503 5.5.1 MAIL first", true},
 	[RPL_NEED_RCPT] = {"503 5.5.1 RCPT first", true},
 	[RPL_NESTED_MAIL] = {"503 5.5.1 Nested MAIL command", true},
@@ -1232,6 +1236,8 @@ static void h_data(struct session *s, char *arg)
 	s->dstate = D_BOL;
 }
 
+static enum reply_id sequence_error(const struct session *s, enum verb verb);
+
 /* "BDAT <size> [LAST]". The chunk is read whatever the reply, or it would be taken for commands. */
 static void h_bdat(struct session *s, char *arg)
 {
@@ -1252,7 +1258,9 @@ static void h_bdat(struct session *s, char *arg)
 	s->bdat_last = last;
 	s->bdat_reply = RPL_NONE;
 	s->input = IN_BDAT;
-	if (s->state == ST_RCPT) {
+	if (!s->extended && s->state != ST_START) {
+		s->bdat_reply = RPL_NEED_EHLO; /* CHUNKING exists only after EHLO or LHLO */
+	} else if (s->state == ST_RCPT) {
 		enum md_result r = md_begin(&s->md);
 		start_message(s);
 		if (r != MD_OK)
@@ -1260,7 +1268,7 @@ static void h_bdat(struct session *s, char *arg)
 		s->state = ST_BDAT;
 		s->bdat_cr_pending = false;
 	} else if (s->state != ST_BDAT) {
-		s->bdat_reply = s->state == ST_START  ? RPL_NEED_HELO
+		s->bdat_reply = s->state == ST_START  ? sequence_error(s, V_BDAT)
 				: s->state == ST_READY ? RPL_NEED_MAIL
 						       : s->rcpt_tried ? RPL_NO_VALID_RCPT : RPL_NEED_RCPT;
 	}
@@ -1340,7 +1348,7 @@ static const struct command {
 static enum reply_id sequence_error(const struct session *s, enum verb verb)
 {
 	if (s->state == ST_START)
-		return RPL_NEED_HELO;
+		return s->cfg->lmtp ? RPL_NEED_LHLO : RPL_NEED_HELO;
 	switch (verb) {
 	case V_MAIL: return RPL_NESTED_MAIL;
 	case V_RCPT: return s->state == ST_READY ? RPL_NEED_MAIL : RPL_BAD_SEQUENCE;

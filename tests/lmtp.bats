@@ -220,7 +220,7 @@ teardown() {
 		-L -m "$T/Maildir"
 	x_eq "$XS" 0 "exit status"
 	x_expect "$GREETING" '500 5.5.1 Command unrecognized' '500 5.5.1 Command unrecognized' \
-		'503 5.5.1 Send HELO/EHLO first' "${LHLO[@]}" '250 2.1.0 Ok' \
+		'503 5.5.1 Send LHLO first' "${LHLO[@]}" '250 2.1.0 Ok' \
 		'221 2.0.0 test.example closing'
 }
 

@@ -1,0 +1,66 @@
+# smtpd: one SMTP session on stdin/stdout, delivered into Maildirs.
+CC ?= cc
+CFLAGS ?= -O2
+WARN = -std=c11 -Wall -Wextra -Werror
+SAN = -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+PREFIX ?= /usr/local
+SRC = smtpd.c session.c mailbox.c
+FUZZ_SECONDS ?= 60
+
+all: smtpd
+
+smtpd: $(SRC) smtp.h
+	$(CC) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $(SRC)
+
+smtpd-asan: $(SRC) smtp.h
+	$(CC) $(SAN) $(WARN) -o $@ $(SRC)
+
+# musl gives a binary of a few dozen KiB for small systems; glibc's static one works too.
+smtpd-static: $(SRC) smtp.h
+	if command -v musl-gcc >/dev/null; then musl-gcc -static -Os -s $(WARN) -o $@ $(SRC); \
+	else $(CC) -static -Os -s $(WARN) -o $@ $(SRC); fi
+
+static: smtpd-static
+	@ls -l smtpd-static | awk '{print "smtpd-static: " $$5 " bytes"}'
+
+tests/faultinject.so: tests/faultinject.c
+	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ tests/faultinject.c -ldl
+
+check: smtpd smtpd-asan tests/faultinject.so
+	@sh tests/deps.sh --check-only || { [ "$$(id -u)" = 0 ] && sh tests/deps.sh; } || exit 1
+	@SMTPD=$(CURDIR)/smtpd sh tests/run.sh plain
+	@SMTPD=$(CURDIR)/smtpd-asan ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 sh tests/run.sh asan
+
+fuzz: tests/fuzz/fuzz_session
+	mkdir -p tests/fuzz/corpus
+	cp tests/fuzz/seeds/* tests/fuzz/corpus/
+	cd tests/fuzz && TMPDIR=$${TMPDIR:-/dev/shm} ./fuzz_session -max_total_time=$(FUZZ_SECONDS) \
+		-dict=smtp.dict -print_final_stats=1 corpus
+
+tests/fuzz/fuzz_session: tests/fuzz/fuzz_session.c session.c mailbox.c smtp.h
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+		-o $@ tests/fuzz/fuzz_session.c session.c mailbox.c
+
+demo: smtpd
+	@rm -rf demo
+	@for t in examples/*.txt; do \
+		echo "== $$t: ./smtpd -h demo.example -m ./demo/Maildir < $$t"; \
+		./smtpd -h demo.example -m ./demo/Maildir < $$t 2>/dev/null; echo; done
+	@for f in demo/Maildir/new/*; do echo "== $$f"; cat "$$f"; echo; done
+
+install: smtpd
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 755 smtpd $(DESTDIR)$(PREFIX)/sbin/smtpd
+	install -m 644 smtpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/smtpd.8
+
+format:
+	clang-format -i $(SRC) smtp.h
+
+format-check:
+	clang-format --dry-run --Werror $(SRC) smtp.h
+
+clean:
+	rm -rf smtpd smtpd-asan smtpd-static tests/faultinject.so tests/fuzz/fuzz_session demo
+
+.PHONY: all static check fuzz demo install format format-check clean
