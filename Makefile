@@ -26,7 +26,7 @@ static: smtpd-static
 tests/faultinject.so: tests/faultinject.c
 	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ tests/faultinject.c -ldl
 
-check: smtpd smtpd-asan tests/faultinject.so
+check: format-check smtpd smtpd-asan tests/faultinject.so
 	@sh tests/deps.sh --check-only || { [ "$$(id -u)" = 0 ] && sh tests/deps.sh; } || exit 1
 	@SMTPD=$(CURDIR)/smtpd sh tests/run.sh plain
 	@SMTPD=$(CURDIR)/smtpd-asan ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=1 \

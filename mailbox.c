@@ -23,16 +23,16 @@ enum {
 static struct {
 	char path[MD_PATH_MAX];
 	int fd;
-} md_catch = {"", -1};
+} md_catch = { "", -1 };
 
-static char md_host[MD_HOST_MAX];       /* gethostname(), escaped, once */
-static unsigned long md_counter;         /* the Q<n> of the id */
-static char md_name[MD_NAME_MAX];        /* <id>.<host>: the spool's name in tmp/ */
-static char md_final[MD_NAME_MAX];       /* <id>.<host>,S=<size>: the name in new/ */
-static int md_spool_tmp = -1;            /* tmp/ of the spool's box */
-static bool md_spool_in_tmp;             /* the spool still has its name in tmp/ */
-static int md_new_fd[RCPT_LIMIT_MAX];    /* during md_commit: each box's new/ */
-static bool md_placed[RCPT_LIMIT_MAX];   /* during md_commit: md_final is in that new/ */
+static char md_host[MD_HOST_MAX];      /* gethostname(), escaped, once */
+static unsigned long md_counter;       /* the Q<n> of the id */
+static char md_name[MD_NAME_MAX];      /* <id>.<host>: the spool's name in tmp/ */
+static char md_final[MD_NAME_MAX];     /* <id>.<host>,S=<size>: the name in new/ */
+static int md_spool_tmp = -1;          /* tmp/ of the spool's box */
+static bool md_spool_in_tmp;           /* the spool still has its name in tmp/ */
+static int md_new_fd[RCPT_LIMIT_MAX];  /* during md_commit: each box's new/ */
+static bool md_placed[RCPT_LIMIT_MAX]; /* during md_commit: md_final is in that new/ */
 static unsigned char md_copy_buf[MD_COPY_BUF];
 
 int md_txn_init(struct md_txn *txn, size_t max_boxes)
@@ -116,8 +116,8 @@ static void md_scan(const char *tmpl, bool *has_u, bool *has_d, size_t *d_end, b
 			if (tmpl[i] == '\0')
 				return;
 			comp_u = false;
-		} else if (tmpl[i] == '%' && (tmpl[i + 1] == 'u' || tmpl[i + 1] == 'd' ||
-					      tmpl[i + 1] == '%')) {
+		} else if (tmpl[i] == '%' &&
+			   (tmpl[i + 1] == 'u' || tmpl[i + 1] == 'd' || tmpl[i + 1] == '%')) {
 			i++;
 			comp_u |= tmpl[i] == 'u';
 			*has_u |= tmpl[i] == 'u';
@@ -132,7 +132,7 @@ static void md_scan(const char *tmpl, bool *has_u, bool *has_d, size_t *d_end, b
 /* 1 when fd is a Maildir with real tmp/ and new/, 0 when it is not, -1 (errno) when unsure. */
 static int md_is_maildir(int fd)
 {
-	static const char *const subs[] = {"tmp", "new"};
+	static const char *const subs[] = { "tmp", "new" };
 	struct stat st;
 
 	for (size_t i = 0; i < 2; i++) {
@@ -176,8 +176,8 @@ static enum md_result md_why_missing(const char *tmpl, const char *u, const char
 }
 
 /* With %u or %d the file system is the user database: only an existing Maildir is a user. */
-static enum md_result md_open_user(const char *tmpl, const char *path, const char *u,
-				   const char *d, int *fd)
+static enum md_result md_open_user(const char *tmpl, const char *path, const char *u, const char *d,
+				   int *fd)
 {
 	*fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (*fd < 0)
@@ -232,7 +232,7 @@ static int md_open_or_make(const char *path)
 /* The catch-all is created with its cur/ new/ tmp/ on first use, then its fd is reused. */
 static enum md_result md_open_catch(const char *path, int *fd)
 {
-	static const char *const subs[] = {"cur", "new", "tmp"};
+	static const char *const subs[] = { "cur", "new", "tmp" };
 
 	if (md_catch.fd >= 0 && strcmp(md_catch.path, path) == 0)
 		return *fd = md_catch.fd, MD_OK;
@@ -296,8 +296,8 @@ static enum md_result md_append(struct md_txn *txn, int fd, const char *path, si
 	return MD_OK;
 }
 
-enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local,
-		      const char *domain, size_t *box_index)
+enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local, const char *domain,
+		      size_t *box_index)
 {
 	char u[MD_PATH_MAX], d[MD_PATH_MAX], path[MD_PATH_MAX];
 	bool has_u, has_d, d_with_u;
@@ -311,8 +311,8 @@ enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local,
 	if (!md_expand(tmpl, strlen(tmpl), u, d, path))
 		return MD_BAD_NAME;
 	md_scan(tmpl, &has_u, &has_d, &d_end, &d_with_u);
-	enum md_result r = has_u || has_d ? md_open_user(tmpl, path, u, d, &fd)
-					  : md_open_catch(path, &fd);
+	enum md_result r =
+		has_u || has_d ? md_open_user(tmpl, path, u, d, &fd) : md_open_catch(path, &fd);
 	return r != MD_OK ? r : md_append(txn, fd, path, box_index);
 }
 
@@ -363,7 +363,8 @@ static void md_make_host(void)
 		if (n + (odd ? 4 : 1) >= sizeof md_host)
 			break;
 		if (odd)
-			n += (size_t)snprintf(md_host + n, sizeof md_host - n, "\\%03o", (unsigned)*p);
+			n += (size_t)snprintf(md_host + n, sizeof md_host - n, "\\%03o",
+					      (unsigned)*p);
 		else
 			md_host[n++] = (char)*p;
 	}
@@ -461,8 +462,8 @@ static int md_copy_bytes(struct md_txn *txn, int to)
 {
 	for (uint64_t off = 0; off < txn->stored_bytes;) {
 		uint64_t left = txn->stored_bytes - off;
-		ssize_t n = pread(txn->spool_fd, md_copy_buf, left < MD_COPY_BUF ? left : MD_COPY_BUF,
-				  (off_t)off);
+		ssize_t n = pread(txn->spool_fd, md_copy_buf,
+				  left < MD_COPY_BUF ? left : MD_COPY_BUF, (off_t)off);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -477,7 +478,8 @@ static int md_copy_bytes(struct md_txn *txn, int to)
 /* Writes the copy into tmp/ and renames it into new/; returns 0 or an errno, naming the step. */
 static int md_copy_file(struct md_txn *txn, size_t i, int tmp, const char **op)
 {
-	int e = 0, fd = openat(tmp, md_name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	int e = 0,
+	    fd = openat(tmp, md_name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 
 	*op = "create in tmp/";
 	if (fd < 0)

@@ -63,48 +63,48 @@ static const struct {
 	const char *text;
 	bool bad;
 } replies[] = {
-	[RPL_OK] = {"250 2.0.0 Ok", false},
-	[RPL_MAIL_OK] = {"250 2.1.0 Ok", false},
-	[RPL_RCPT_OK] = {"250 2.1.5 Ok", false},
-	[RPL_DATA_GO] = {"354 End data with <CR><LF>.<CR><LF>", false},
-	[RPL_VRFY] = {"252 2.0.0 Will not verify; send mail to find out", false},
-	[RPL_HELP] = {"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
-		    false},
-	[RPL_HELP_LMTP] = {"214 2.0.0 Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
-			 false},
-	[RPL_NOT_IMPL] = {"502 5.5.1 Command not implemented", true},
-	[RPL_UNKNOWN] = {"500 5.5.1 Command unrecognized", true},
-	[RPL_LINE_LONG] = {"500 5.5.2 Line too long", true},
-	[RPL_BARE_LF] = {"500 5.5.2 Line must end with CRLF", true},
-	[RPL_BAD_CHAR] = {"500 5.5.2 Invalid character in command", true},
-	[RPL_NEED_HELO] = {"503 5.5.1 Send HELO/EHLO first", true},
-	[RPL_NEED_LHLO] = {"503 5.5.1 Send LHLO first", true},
-	[RPL_NEED_EHLO] = {"503 5.5.1 BDAT needs EHLO", true},
-	[RPL_NEED_MAIL] = {"503 5.5.1 MAIL first", true},
-	[RPL_NEED_RCPT] = {"503 5.5.1 RCPT first", true},
-	[RPL_NESTED_MAIL] = {"503 5.5.1 Nested MAIL command", true},
-	[RPL_DATA_AFTER_BDAT] = {"503 5.5.1 DATA not allowed after BDAT", true},
-	[RPL_BAD_SEQUENCE] = {"503 5.5.1 Bad sequence of commands", true},
-	[RPL_NO_VALID_RCPT] = {"554 5.5.1 No valid recipients", false},
-	[RPL_NEED_ARG] = {"501 5.5.4 Argument required", true},
-	[RPL_NO_ARGS] = {"501 5.5.4 No arguments allowed", true},
-	[RPL_BAD_SENDER] = {"501 5.1.7 Bad sender address syntax", true},
-	[RPL_BAD_RCPT] = {"501 5.1.3 Bad recipient address syntax", true},
-	[RPL_BAD_PARAM] = {"501 5.5.4 Syntax error in parameters", true},
-	[RPL_UNKNOWN_PARAM] = {"555 5.5.4 Unsupported parameter", true},
-	[RPL_BAD_SIZE] = {"501 5.5.4 Bad SIZE value", true},
-	[RPL_BAD_BODY] = {"501 5.5.4 Bad BODY value", true},
-	[RPL_BAD_BDAT] = {"501 5.5.4 Syntax: BDAT <size> [LAST]", true},
-	[RPL_NEED_UTF8] = {"553 5.6.7 Non-ASCII address needs SMTPUTF8", false},
-	[RPL_BAD_UTF8] = {"553 5.6.7 Invalid UTF-8 in address", false},
-	[RPL_TOO_BIG] = {"552 5.3.4 Message too big", false},
-	[RPL_TOO_MANY_RCPT] = {"452 4.5.3 Too many recipients", false},
-	[RPL_NO_USER] = {"550 5.1.1 No such user", false},
-	[RPL_NO_DOMAIN] = {"550 5.7.1 Relaying denied", false},
-	[RPL_BAD_NAME] = {"550 5.1.3 Bad recipient name", false},
-	[RPL_TEMP] = {"451 4.3.0 Local error in delivery", false},
-	[RPL_FULL] = {"452 4.3.1 Insufficient system storage", false},
-	[RPL_LOOP] = {"554 5.4.6 Too many Received headers (mail loop)", false},
+	[RPL_OK] = { "250 2.0.0 Ok", false },
+	[RPL_MAIL_OK] = { "250 2.1.0 Ok", false },
+	[RPL_RCPT_OK] = { "250 2.1.5 Ok", false },
+	[RPL_DATA_GO] = { "354 End data with <CR><LF>.<CR><LF>", false },
+	[RPL_VRFY] = { "252 2.0.0 Will not verify; send mail to find out", false },
+	[RPL_HELP] = { "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
+		       false },
+	[RPL_HELP_LMTP] = { "214 2.0.0 Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
+			    false },
+	[RPL_NOT_IMPL] = { "502 5.5.1 Command not implemented", true },
+	[RPL_UNKNOWN] = { "500 5.5.1 Command unrecognized", true },
+	[RPL_LINE_LONG] = { "500 5.5.2 Line too long", true },
+	[RPL_BARE_LF] = { "500 5.5.2 Line must end with CRLF", true },
+	[RPL_BAD_CHAR] = { "500 5.5.2 Invalid character in command", true },
+	[RPL_NEED_HELO] = { "503 5.5.1 Send HELO/EHLO first", true },
+	[RPL_NEED_LHLO] = { "503 5.5.1 Send LHLO first", true },
+	[RPL_NEED_EHLO] = { "503 5.5.1 BDAT needs EHLO", true },
+	[RPL_NEED_MAIL] = { "503 5.5.1 MAIL first", true },
+	[RPL_NEED_RCPT] = { "503 5.5.1 RCPT first", true },
+	[RPL_NESTED_MAIL] = { "503 5.5.1 Nested MAIL command", true },
+	[RPL_DATA_AFTER_BDAT] = { "503 5.5.1 DATA not allowed after BDAT", true },
+	[RPL_BAD_SEQUENCE] = { "503 5.5.1 Bad sequence of commands", true },
+	[RPL_NO_VALID_RCPT] = { "554 5.5.1 No valid recipients", false },
+	[RPL_NEED_ARG] = { "501 5.5.4 Argument required", true },
+	[RPL_NO_ARGS] = { "501 5.5.4 No arguments allowed", true },
+	[RPL_BAD_SENDER] = { "501 5.1.7 Bad sender address syntax", true },
+	[RPL_BAD_RCPT] = { "501 5.1.3 Bad recipient address syntax", true },
+	[RPL_BAD_PARAM] = { "501 5.5.4 Syntax error in parameters", true },
+	[RPL_UNKNOWN_PARAM] = { "555 5.5.4 Unsupported parameter", true },
+	[RPL_BAD_SIZE] = { "501 5.5.4 Bad SIZE value", true },
+	[RPL_BAD_BODY] = { "501 5.5.4 Bad BODY value", true },
+	[RPL_BAD_BDAT] = { "501 5.5.4 Syntax: BDAT <size> [LAST]", true },
+	[RPL_NEED_UTF8] = { "553 5.6.7 Non-ASCII address needs SMTPUTF8", false },
+	[RPL_BAD_UTF8] = { "553 5.6.7 Invalid UTF-8 in address", false },
+	[RPL_TOO_BIG] = { "552 5.3.4 Message too big", false },
+	[RPL_TOO_MANY_RCPT] = { "452 4.5.3 Too many recipients", false },
+	[RPL_NO_USER] = { "550 5.1.1 No such user", false },
+	[RPL_NO_DOMAIN] = { "550 5.7.1 Relaying denied", false },
+	[RPL_BAD_NAME] = { "550 5.1.3 Bad recipient name", false },
+	[RPL_TEMP] = { "451 4.3.0 Local error in delivery", false },
+	[RPL_FULL] = { "452 4.3.1 Insufficient system storage", false },
+	[RPL_LOOP] = { "554 5.4.6 Too many Received headers (mail loop)", false },
 };
 
 static const enum reply_id md_replies[] = {
@@ -138,8 +138,8 @@ struct rcpt {
 };
 
 struct address {
-	char text[PATH_MAX_OCTETS + 1];  /* the mailbox as written, without <> and source route */
-	char local[LOCAL_MAX + 1];       /* quotes and quoted-pairs undone */
+	char text[PATH_MAX_OCTETS + 1]; /* the mailbox as written, without <> and source route */
+	char local[LOCAL_MAX + 1];      /* quotes and quoted-pairs undone */
 	char domain[DOMAIN_MAX + 1];
 	bool has_8bit;
 };
@@ -239,7 +239,7 @@ static void flush_out(struct session *s)
 	size_t sent = 0;
 
 	while (sent < s->out_len) {
-		struct pollfd pfd = {.fd = 1, .events = POLLOUT};
+		struct pollfd pfd = { .fd = 1, .events = POLLOUT };
 		int ready = poll(&pfd, 1, ms_left(s));
 		if (ready < 0 && errno == EINTR)
 			continue;
@@ -304,7 +304,7 @@ static bool fill_in(struct session *s)
 	}
 	flush_out(s);
 	while (!s->done) {
-		struct pollfd pfd = {.fd = 0, .events = POLLIN};
+		struct pollfd pfd = { .fd = 0, .events = POLLIN };
 		int ready = poll(&pfd, 1, ms_left(s));
 		if (ready < 0 && errno == EINTR)
 			continue;
@@ -332,15 +332,15 @@ static bool fill_in(struct session *s)
 
 /* ---- the PROXY protocol header (HAProxy's proxy-protocol.txt, v1 and v2) ---- */
 
-static const unsigned char proxy_v2_sig[12] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
-					       0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a};
+static const unsigned char proxy_v2_sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
+						0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
 enum { PROXY_V1_MAX = 107, PROXY_V2_HEAD = 16 };
 
 static void set_proxy_addr(struct session *s, int family, const void *addr)
 {
 	char text[INET6_ADDRSTRLEN];
 	const unsigned char *a = addr;
-	static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 
 	if (family == AF_INET6 && memcmp(a, mapped, sizeof mapped) == 0) {
 		family = AF_INET;
@@ -385,9 +385,9 @@ static bool proxy_v1(struct session *s, char *line)
 		return true;
 	if (split_fields(line, field, 6) != 6 || strcmp(field[0], "PROXY") != 0)
 		return false;
-	int family = strcmp(field[1], "TCP4") == 0 ? AF_INET
+	int family = strcmp(field[1], "TCP4") == 0   ? AF_INET
 		     : strcmp(field[1], "TCP6") == 0 ? AF_INET6
-						      : -1;
+						     : -1;
 	if (family < 0 || inet_pton(family, field[2], addr) != 1 ||
 	    inet_pton(family, field[3], dst) != 1 || !proxy_port_ok(field[4]) ||
 	    !proxy_port_ok(field[5]))
@@ -405,8 +405,8 @@ static bool proxy_v2(struct session *s, const unsigned char *h, size_t body_len)
 	if (command == 0) /* LOCAL: a health check from the proxy itself */
 		return true;
 	switch (family) {
-	case 0x00: return true;         /* UNSPEC: keep the socket's address */
-	case 0x31: return true;         /* UNIX stream */
+	case 0x00: return true; /* UNSPEC: keep the socket's address */
+	case 0x31: return true; /* UNIX stream */
 	case 0x11:
 		if (body_len < 12)
 			return false;
@@ -703,7 +703,8 @@ static size_t header_span(struct session *s, const unsigned char *p, size_t len)
 	static const char received[] = "received:";
 	enum { NAME_LEN = sizeof received - 1, MATCH_DONE = sizeof received };
 
-	if (s->first_line != FIRST_UNDECIDED && !s->at_line_start && s->header_match == MATCH_DONE) {
+	if (s->first_line != FIRST_UNDECIDED && !s->at_line_start &&
+	    s->header_match == MATCH_DONE) {
 		const unsigned char *nl = memchr(p, '\n', len);
 		if (nl != p)
 			return nl ? (size_t)(nl - p) : len;
@@ -766,7 +767,8 @@ static void format_date(char *buf, size_t size)
 	time_t t = time(NULL);
 	struct tm tm;
 
-	if (localtime_r(&t, &tm) == NULL || strftime(buf, size, "%a, %d %b %Y %H:%M:%S %z", &tm) == 0)
+	if (localtime_r(&t, &tm) == NULL ||
+	    strftime(buf, size, "%a, %d %b %Y %H:%M:%S %z", &tm) == 0)
 		snprintf(buf, size, "Thu, 01 Jan 1970 00:00:00 +0000");
 }
 
@@ -783,10 +785,12 @@ static void start_message(struct session *s)
 	if (*a == '\0')
 		snprintf(from, sizeof from, "%s", s->helo);
 	else
-		snprintf(from, sizeof from, "%s ([%s%s])", s->helo, strchr(a, ':') ? "IPv6:" : "", a);
-	int n = snprintf((char *)s->chunk, DATA_CHUNK,
-			 "Return-Path: <%s>\nReceived: from %s\n\tby %s (smtpd) with %s id %s;\n\t%s\n",
-			 s->sender, from, s->cfg->hostname, with, s->md.id, date);
+		snprintf(from, sizeof from, "%s ([%s%s])", s->helo, strchr(a, ':') ? "IPv6:" : "",
+			 a);
+	int n = snprintf(
+		(char *)s->chunk, DATA_CHUNK,
+		"Return-Path: <%s>\nReceived: from %s\n\tby %s (smtpd) with %s id %s;\n\t%s\n",
+		s->sender, from, s->cfg->hostname, with, s->md.id, date);
 	s->chunk_len = s->prefix_len = (size_t)(n > 0 ? n : 0);
 	s->first_line = FIRST_UNDECIDED;
 	s->in_header = s->at_line_start = true;
@@ -798,7 +802,8 @@ static void start_message(struct session *s)
 static void end_message(struct session *s)
 {
 	if (s->first_line == FIRST_UNDECIDED)
-		decide_first_line(s, s->chunk_len == s->prefix_len ? FIRST_IS_HEADER : FIRST_IS_BODY);
+		decide_first_line(s,
+				  s->chunk_len == s->prefix_len ? FIRST_IS_HEADER : FIRST_IS_BODY);
 	if (s->chunk_len > s->prefix_len && s->chunk[s->chunk_len - 1] != '\n')
 		s->chunk[s->chunk_len++] = '\n';
 	chunk_flush(s);
@@ -975,7 +980,8 @@ static void bdat_chunk_done(struct session *s)
 		if (s->txn_error != RPL_NONE)
 			reply(s, s->txn_error);
 		else
-			replyf(s, "250 2.0.0 %llu octets received", (unsigned long long)s->msg_size);
+			replyf(s, "250 2.0.0 %llu octets received",
+			       (unsigned long long)s->msg_size);
 		return;
 	}
 	if (s->bdat_cr_pending) {
@@ -1005,8 +1011,19 @@ static bool scan_bdat(struct session *s)
 /* ---- verbs ---- */
 
 enum verb {
-	V_HELO, V_EHLO, V_LHLO, V_MAIL, V_RCPT, V_DATA, V_BDAT, V_RSET, V_NOOP, V_QUIT, V_VRFY,
-	V_HELP, V_NOT_IMPL,
+	V_HELO,
+	V_EHLO,
+	V_LHLO,
+	V_MAIL,
+	V_RCPT,
+	V_DATA,
+	V_BDAT,
+	V_RSET,
+	V_NOOP,
+	V_QUIT,
+	V_VRFY,
+	V_HELP,
+	V_NOT_IMPL,
 };
 enum arg_rule { ARG_NONE, ARG_OPTIONAL, ARG_REQUIRED };
 enum { MODE_SMTP = 1, MODE_LMTP = 2, MODE_BOTH = 3 };
@@ -1117,9 +1134,9 @@ static const struct {
 	const char *name;
 	enum reply_id (*check)(struct session *, const char *);
 } mail_params_known[] = {
-	{"SIZE", param_size},
-	{"BODY", param_body},
-	{"SMTPUTF8", param_smtputf8},
+	{ "SIZE", param_size },
+	{ "BODY", param_body },
+	{ "SMTPUTF8", param_smtputf8 },
 };
 
 static enum reply_id mail_param(struct session *s, char *param, unsigned *seen)
@@ -1268,9 +1285,10 @@ static void h_bdat(struct session *s, char *arg)
 		s->state = ST_BDAT;
 		s->bdat_cr_pending = false;
 	} else if (s->state != ST_BDAT) {
-		s->bdat_reply = s->state == ST_START  ? sequence_error(s, V_BDAT)
+		s->bdat_reply = s->state == ST_START   ? sequence_error(s, V_BDAT)
 				: s->state == ST_READY ? RPL_NEED_MAIL
-						       : s->rcpt_tried ? RPL_NO_VALID_RCPT : RPL_NEED_RCPT;
+				: s->rcpt_tried        ? RPL_NO_VALID_RCPT
+						       : RPL_NEED_RCPT;
 	}
 }
 
@@ -1320,28 +1338,28 @@ static const struct command {
 	enum arg_rule arg;
 	unsigned modes;
 } commands[] = {
-	{"HELO", V_HELO, h_helo, ST_ANY, ARG_REQUIRED, MODE_SMTP},
-	{"EHLO", V_EHLO, h_ehlo, ST_ANY, ARG_REQUIRED, MODE_SMTP},
-	{"LHLO", V_LHLO, h_lhlo, ST_ANY, ARG_REQUIRED, MODE_LMTP},
-	{"MAIL", V_MAIL, h_mail, ST_READY, ARG_REQUIRED, MODE_BOTH},
-	{"RCPT", V_RCPT, h_rcpt, ST_MAIL | ST_RCPT, ARG_REQUIRED, MODE_BOTH},
-	{"DATA", V_DATA, h_data, ST_RCPT, ARG_NONE, MODE_BOTH},
-	{"BDAT", V_BDAT, h_bdat, ST_ANY, ARG_REQUIRED, MODE_BOTH},
-	{"RSET", V_RSET, h_rset, ST_ANY, ARG_NONE, MODE_BOTH},
-	{"NOOP", V_NOOP, h_noop, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
-	{"QUIT", V_QUIT, h_quit, ST_ANY, ARG_NONE, MODE_BOTH},
-	{"VRFY", V_VRFY, h_vrfy, ST_ANY, ARG_REQUIRED, MODE_BOTH},
-	{"HELP", V_HELP, h_help, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
-	{"EXPN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
-	{"TURN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
-	{"ATRN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
-	{"ETRN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
-	{"SEND", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
-	{"SOML", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
-	{"SAML", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
-	{"STARTTLS", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
-	{"AUTH", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
-	{"BURL", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH},
+	{ "HELO", V_HELO, h_helo, ST_ANY, ARG_REQUIRED, MODE_SMTP },
+	{ "EHLO", V_EHLO, h_ehlo, ST_ANY, ARG_REQUIRED, MODE_SMTP },
+	{ "LHLO", V_LHLO, h_lhlo, ST_ANY, ARG_REQUIRED, MODE_LMTP },
+	{ "MAIL", V_MAIL, h_mail, ST_READY, ARG_REQUIRED, MODE_BOTH },
+	{ "RCPT", V_RCPT, h_rcpt, ST_MAIL | ST_RCPT, ARG_REQUIRED, MODE_BOTH },
+	{ "DATA", V_DATA, h_data, ST_RCPT, ARG_NONE, MODE_BOTH },
+	{ "BDAT", V_BDAT, h_bdat, ST_ANY, ARG_REQUIRED, MODE_BOTH },
+	{ "RSET", V_RSET, h_rset, ST_ANY, ARG_NONE, MODE_BOTH },
+	{ "NOOP", V_NOOP, h_noop, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "QUIT", V_QUIT, h_quit, ST_ANY, ARG_NONE, MODE_BOTH },
+	{ "VRFY", V_VRFY, h_vrfy, ST_ANY, ARG_REQUIRED, MODE_BOTH },
+	{ "HELP", V_HELP, h_help, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "EXPN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "TURN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "ATRN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "ETRN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "SEND", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "SOML", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "SAML", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "STARTTLS", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "AUTH", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "BURL", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
 };
 
 /* The one place that answers a verb given out of order. */
@@ -1446,11 +1464,9 @@ static bool step(struct session *s)
 		s->input = IN_COMMANDS;
 		finish_message(s);
 		return true;
-	case IN_BDAT:
-		return scan_bdat(s);
+	case IN_BDAT: return scan_bdat(s);
 	case IN_COMMANDS:
-	case IN_DISCARD_LINE:
-		return next_command(s);
+	case IN_DISCARD_LINE: return next_command(s);
 	}
 	return false;
 }
@@ -1462,8 +1478,7 @@ static void log_session(struct session *s)
 	log_line("session client=%s helo=%s messages=%lu recipients=%lu bytes=%llu end=%s "
 		 "seconds=%.3f",
 		 s->cfg->client_addr[0] ? s->cfg->client_addr : "-", s->helo[0] ? s->helo : "-",
-		 s->messages, s->recipients, (unsigned long long)s->bytes, s->end_reason,
-		 seconds);
+		 s->messages, s->recipients, (unsigned long long)s->bytes, s->end_reason, seconds);
 }
 
 int smtp_session(struct config *cfg)

@@ -11,26 +11,26 @@
 
 /* Limits: each one here and nowhere else. */
 enum {
-	LINE_MAX_OCTETS = 512,     /* command line incl. CRLF, RFC 5321 4.5.3.1.4 */
-	LOCAL_MAX = 64,            /* local part, 4.5.3.1.1 */
-	DOMAIN_MAX = 255,          /* domain, 4.5.3.1.2 */
-	PATH_MAX_OCTETS = 256,     /* path incl. <>, 4.5.3.1.3 */
-	HELO_MAX = 255,            /* what we keep of a HELO/EHLO name */
-	MAX_BAD_COMMANDS = 10,     /* then 421 4.7.0 and exit */
-	MAX_RECEIVED = 100,        /* more Received: fields is a loop: 554 5.4.6 */
-	RCPT_LIMIT_MAX = 1000,     /* the largest -r accepted */
-	TIMEOUT_MAX = 86400,       /* the largest -t and -T accepted, seconds */
-	IN_BUF_SIZE = 65536,       /* read buffer; a read never asks for less than 16 KiB */
-	OUT_BUF_SIZE = 8192,       /* reply buffer, flushed before every blocking read */
-	DATA_CHUNK = 131072,       /* message bytes gathered before one write(2) */
-	MD_PATH_MAX = 1024,        /* an expanded template, or the -m argument */
-	ADDR_TEXT_MAX = 64,        /* a client address as text */
-	MSG_ID_MAX = 64,           /* message id, and the file name base without host */
+	LINE_MAX_OCTETS = 512, /* command line incl. CRLF, RFC 5321 4.5.3.1.4 */
+	LOCAL_MAX = 64,        /* local part, 4.5.3.1.1 */
+	DOMAIN_MAX = 255,      /* domain, 4.5.3.1.2 */
+	PATH_MAX_OCTETS = 256, /* path incl. <>, 4.5.3.1.3 */
+	HELO_MAX = 255,        /* what we keep of a HELO/EHLO name */
+	MAX_BAD_COMMANDS = 10, /* then 421 4.7.0 and exit */
+	MAX_RECEIVED = 100,    /* more Received: fields is a loop: 554 5.4.6 */
+	RCPT_LIMIT_MAX = 1000, /* the largest -r accepted */
+	TIMEOUT_MAX = 86400,   /* the largest -t and -T accepted, seconds */
+	IN_BUF_SIZE = 65536,   /* read buffer; a read never asks for less than 16 KiB */
+	OUT_BUF_SIZE = 8192,   /* reply buffer, flushed before every blocking read */
+	DATA_CHUNK = 131072,   /* message bytes gathered before one write(2) */
+	MD_PATH_MAX = 1024,    /* an expanded template, or the -m argument */
+	ADDR_TEXT_MAX = 64,    /* a client address as text */
+	MSG_ID_MAX = 64,       /* message id, and the file name base without host */
 };
 
-#define DEFAULT_MAX_SIZE 26214400ULL
-#define DEFAULT_MAX_RCPT 100
-#define DEFAULT_IDLE_TIMEOUT 300
+#define DEFAULT_MAX_SIZE        26214400ULL
+#define DEFAULT_MAX_RCPT        100
+#define DEFAULT_IDLE_TIMEOUT    300
 #define DEFAULT_SESSION_TIMEOUT 1800
 
 /* Exit statuses, from the contract. */
@@ -43,14 +43,14 @@ enum {
 };
 
 struct config {
-	const char *hostname;      /* -h: greeting, Received:, postmaster's %d */
-	const char *mail_template; /* -m */
-	uint64_t max_size;         /* -s */
-	size_t max_rcpt;           /* -r */
-	unsigned idle_timeout;     /* -t, seconds */
-	unsigned session_timeout;  /* -T, seconds */
-	bool lmtp;                 /* -L */
-	bool proxy;                /* -p */
+	const char *hostname;            /* -h: greeting, Received:, postmaster's %d */
+	const char *mail_template;       /* -m */
+	uint64_t max_size;               /* -s */
+	size_t max_rcpt;                 /* -r */
+	unsigned idle_timeout;           /* -t, seconds */
+	unsigned session_timeout;        /* -T, seconds */
+	bool lmtp;                       /* -L */
+	bool proxy;                      /* -p */
 	char client_addr[ADDR_TEXT_MAX]; /* "" when unknown (a pipe) */
 };
 
@@ -73,29 +73,29 @@ enum md_result {
 
 /* One distinct Maildir in a transaction. */
 struct md_box {
-	int dir_fd;                /* the Maildir directory, O_DIRECTORY */
+	int dir_fd; /* the Maildir directory, O_DIRECTORY */
 	dev_t dev;
 	ino_t ino;
-	enum md_result result;     /* after md_commit: this box's outcome */
-	char path[MD_PATH_MAX];    /* expanded path, for log lines */
-	char file[MD_PATH_MAX];    /* after md_commit: name in new/ */
+	enum md_result result;  /* after md_commit: this box's outcome */
+	char path[MD_PATH_MAX]; /* expanded path, for log lines */
+	char file[MD_PATH_MAX]; /* after md_commit: name in new/ */
 };
 
 /* One transaction: the distinct Maildirs of its recipients and the spool file. */
 struct md_txn {
 	struct md_box *boxes; /* md_txn_init allocates max_boxes of them */
 	size_t box_count, max_boxes;
-	int spool_fd;         /* -1, or the file in tmp/ of boxes[spool_box] */
+	int spool_fd; /* -1, or the file in tmp/ of boxes[spool_box] */
 	size_t spool_box;
 	uint64_t stored_bytes;
-	char id[MSG_ID_MAX];  /* "<sec>.M<usec>P<pid>Q<n>", set by md_begin */
-	const char *fail_op;  /* on failure: the call that failed, for the log */
+	char id[MSG_ID_MAX]; /* "<sec>.M<usec>P<pid>Q<n>", set by md_begin */
+	const char *fail_op; /* on failure: the call that failed, for the log */
 	int fail_errno;
 };
 
 int md_txn_init(struct md_txn *txn, size_t max_boxes);
-enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local,
-                      const char *domain, size_t *box_index);
+enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local, const char *domain,
+		      size_t *box_index);
 enum md_result md_begin(struct md_txn *txn);
 enum md_result md_write(struct md_txn *txn, const void *buf, size_t len);
 enum md_result md_commit(struct md_txn *txn, bool all_or_nothing);

@@ -74,7 +74,7 @@ static bool stderr_is_private(void)
 static uint64_t parse_number(int opt, const char *text, uint64_t min, uint64_t max)
 {
 	uint64_t value = 0;
-	char name[3] = {'-', (char)opt, '\0'};
+	char name[3] = { '-', (char)opt, '\0' };
 
 	if (*text == '\0')
 		die_usage("empty value for", name);
@@ -141,16 +141,16 @@ static void parse_options(int argc, char **argv, struct config *cfg)
 		case 'm': cfg->mail_template = optarg; break;
 		case 'r': cfg->max_rcpt = parse_number(opt, optarg, 1, RCPT_LIMIT_MAX); break;
 		case 's': cfg->max_size = parse_number(opt, optarg, 1, UINT64_MAX / 2); break;
-		case 't': cfg->idle_timeout = (unsigned)parse_number(opt, optarg, 1, TIMEOUT_MAX); break;
+		case 't':
+			cfg->idle_timeout = (unsigned)parse_number(opt, optarg, 1, TIMEOUT_MAX);
+			break;
 		case 'T':
 			cfg->session_timeout = (unsigned)parse_number(opt, optarg, 1, TIMEOUT_MAX);
 			break;
-		case 'V':
-			printf("smtpd %s\n", SMTPD_VERSION);
-			exit(EXIT_QUIT);
+		case 'V': printf("smtpd %s\n", SMTPD_VERSION); exit(EXIT_QUIT);
 		case ':': die_usage("option needs a value", argv[optind - 1]);
 		default: {
-			char name[3] = {'-', (char)optopt, '\0'};
+			char name[3] = { '-', (char)optopt, '\0' };
 			die_usage("unknown option", name);
 		}
 		}
@@ -177,7 +177,7 @@ static void set_client_addr(struct config *cfg, const char *text)
 /* tcpserver, systemd Accept=yes, xinetd, then the socket itself; a pipe has no address. */
 static void find_client_addr(struct config *cfg)
 {
-	static const char *const vars[] = {"TCPREMOTEIP", "REMOTE_ADDR", "REMOTE_HOST"};
+	static const char *const vars[] = { "TCPREMOTEIP", "REMOTE_ADDR", "REMOTE_HOST" };
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof ss;
 	char text[INET6_ADDRSTRLEN];
