@@ -32,6 +32,14 @@ check: format-check smtpd smtpd-asan tests/faultinject.so
 	@SMTPD=$(CURDIR)/smtpd-asan ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 sh tests/run.sh asan
 
+# The pipe-mode suites with smtpd under valgrind; any report fails the run.
+VALGRIND_SUITES = tests/extensions.bats tests/lmtp.bats tests/proxy.bats
+check-valgrind: smtpd
+	@logs=$$(mktemp -d); \
+	SMTPD=$(CURDIR)/tests/valgrind-smtpd VALGRIND_LOGS=$$logs bats $(VALGRIND_SUITES); status=$$?; \
+	for f in $$logs/valgrind.*; do [ -s "$$f" ] && { cat "$$f"; status=1; }; done; \
+	rm -rf $$logs; exit $$status
+
 fuzz: tests/fuzz/fuzz_session
 	mkdir -p tests/fuzz/corpus
 	cp tests/fuzz/seeds/* tests/fuzz/corpus/
@@ -63,4 +71,4 @@ format-check:
 clean:
 	rm -rf smtpd smtpd-asan smtpd-static tests/faultinject.so tests/fuzz/fuzz_session demo
 
-.PHONY: all static check fuzz demo install format format-check clean
+.PHONY: all static check check-valgrind fuzz demo install format format-check clean
