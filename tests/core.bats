@@ -449,5 +449,7 @@ EOF
 	small=$(cat "$T/small.rss")
 	big=$(cat "$T/big.rss")
 	echo "# peak RSS: 1 KiB message ${small} KiB, 50 MiB message ${big} KiB" >&3
-	[ "$big" -le $((small + 64)) ]
+	# The fixed buffers (64 KiB in, 128 KiB out) are touched whole only by a large message;
+	# beyond them nothing may grow with its size.
+	[ "$big" -le $((small + 256)) ]
 }
