@@ -1285,10 +1285,7 @@ static void h_bdat(struct session *s, char *arg)
 		s->state = ST_BDAT;
 		s->bdat_cr_pending = false;
 	} else if (s->state != ST_BDAT) {
-		s->bdat_reply = s->state == ST_START   ? sequence_error(s, V_BDAT)
-				: s->state == ST_READY ? RPL_NEED_MAIL
-				: s->rcpt_tried        ? RPL_NO_VALID_RCPT
-						       : RPL_NEED_RCPT;
+		s->bdat_reply = sequence_error(s, V_DATA); /* out of order just as DATA would be */
 	}
 }
 
