@@ -4,6 +4,8 @@
 # then fetched through IMAP (size, Subject, body), and Dovecot must log no error: a wrong
 # ,S= in a file name shows up there.
 
+load launch
+
 if [ -f "$BATS_TEST_DIRNAME/helpers.bash" ]; then
 	load helpers
 fi
@@ -11,39 +13,6 @@ fi
 IMAP_BIN=/usr/lib/dovecot/imap
 
 # ---- local helpers (l_ prefix: independent of helpers.bash) ----
-
-l_free_port() {
-	"${PY:-python3}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-l_wait_listen() {
-	local i
-	for i in $(seq 250); do
-		ss -Hltn "sport = :$1" | grep -q LISTEN && return 0
-		sleep 0.02
-	done
-	echo "nothing listening on $1" >&2
-	return 1
-}
-
-l_stop_pid() {
-	local p=$1 i
-	[ -n "$p" ] || return 0
-	kill "$p" 2>/dev/null || return 0
-	for i in $(seq 250); do
-		kill -0 "$p" 2>/dev/null || break
-		sleep 0.02
-	done
-	kill -9 "$p" 2>/dev/null || true
-	wait "$p" 2>/dev/null || true
-}
-
-l_eq() {
-	if [ "$1" != "$2" ]; then
-		echo "$3: expected '$2', got '$1'" >&2
-		return 1
-	fi
-}
 
 l_no_sanitizer_reports() {
 	if grep -E -A30 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$T"/*.log 2>/dev/null >&2; then
