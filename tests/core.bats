@@ -453,3 +453,29 @@ EOF
 	# beyond them nothing may grow with its size.
 	[ "$big" -le $((small + 256)) ]
 }
+
+@test "real client: smtplib sends one message to two recipients through systemd-socket-activate" {
+	command -v systemd-socket-activate >/dev/null || skip "systemd-socket-activate is not installed"
+	local port pid i
+	mkdir -p "$T/y.example/bob/"{cur,new,tmp} "$T/z.example/carol/"{cur,new,tmp}
+	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	systemd-socket-activate --inetd -a -l "127.0.0.1:$port" "$SMTPD" -h test.example \
+		-m "$T/%d/%u" 3>&- 2> "$T/sa.log" < /dev/null > /dev/null &
+	pid=$!
+	for i in $(seq 250); do ss -Hltn "sport = :$port" | grep -q LISTEN && break; sleep 0.02; done
+	run timeout 20 python3 -c "
+import smtplib
+with smtplib.SMTP('127.0.0.1', $port, local_hostname='client.example', timeout=15) as s:
+    print(s.sendmail('a@x.example', ['Bob@Y.example', 'carol+tag@z.example'],
+                     b'Subject: two\r\n\r\nfor both\r\n'))
+"
+	kill "$pid"
+	wait "$pid" || true
+	echo "$output"
+	[ "$status" -eq 0 ]
+	[ "$output" = "{}" ]
+	[ "$(new_files "$T/y.example/bob")" -eq 1 ]
+	[ "$(new_files "$T/z.example/carol")" -eq 1 ]
+	cmp "$T"/y.example/bob/new/* "$T"/z.example/carol/new/*
+	grep -q '^Received: from client.example (\[127.0.0.1\])$' "$T"/y.example/bob/new/*
+}
