@@ -40,6 +40,11 @@ check-valgrind: smtpd
 	for f in $$logs/valgrind.*; do [ -s "$$f" ] && { cat "$$f"; status=1; }; done; \
 	rm -rf $$logs; exit $$status
 
+# The pipe-mode suites against the static (musl) build: libc differences show here.
+STATIC_SUITES = tests/core.bats tests/golden.bats tests/extensions.bats tests/lmtp.bats tests/proxy.bats
+check-static: smtpd-static
+	SMTPD=$(CURDIR)/smtpd-static bats $(STATIC_SUITES)
+
 fuzz: tests/fuzz/fuzz_session
 	mkdir -p tests/fuzz/corpus
 	cp tests/fuzz/seeds/* tests/fuzz/corpus/
@@ -71,4 +76,4 @@ format-check:
 clean:
 	rm -rf smtpd smtpd-asan smtpd-static tests/faultinject.so tests/fuzz/fuzz_session demo
 
-.PHONY: all static check check-valgrind fuzz demo install format format-check clean
+.PHONY: all static check check-static check-valgrind fuzz demo install format format-check clean
