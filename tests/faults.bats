@@ -1,0 +1,195 @@
+#!/usr/bin/env bats
+# Faults: every write, fsync, openat, linkat, renameat and mkdir of a session made to fail in
+# turn (tests/faultinject.c), a real full disk, unwritable Maildirs, SIGKILL at random points.
+# Whatever fails, a message is in new/ only if its 250 was sent, a 250 is sent only when the
+# message is in new/ of every recipient, and nothing is left in tmp/.
+
+setup_file() {
+	export SHIM=$BATS_FILE_TMPDIR/faultinject.so
+	cc -O2 -fPIC -shared -o "$SHIM" "$BATS_TEST_DIRNAME/faultinject.c" -ldl
+}
+
+setup() {
+	T=$(mktemp -d)
+	SMTPD=${SMTPD:-$BATS_TEST_DIRNAME/../smtpd}
+	# gcc's ASan wants to come first among preloads; this lets the shim in.
+	export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0
+}
+
+teardown() {
+	rm -rf "$T"
+}
+
+# Two transactions: the first to three recipients in two Maildirs (b twice, c), the second to b.
+walk_input() {
+	printf 'EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nRCPT TO:<b+t@y.example>\r\nRCPT TO:<c@y.example>\r\nDATA\r\nSubject: txn1\r\n\r\nfirst\r\n.\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nSubject: txn2\r\n\r\nsecond\r\n.\r\nQUIT\r\n'
+}
+
+fresh_maildirs() {
+	rm -rf "$T/root"
+	mkdir -p "$T/root/y.example/b/"{cur,new,tmp} "$T/root/y.example/c/"{cur,new,tmp}
+}
+
+# check_invariants ERRNO: what must hold after any run, whatever failed.
+check_invariants() {
+	local errno=$1 f id subject box
+	[ -z "$(find "$T"/root/y.example/*/tmp -type f)" ] || { echo "stray file in tmp/"; return 1; }
+	for f in "$T"/root/y.example/*/new/*; do
+		[ -e "$f" ] || continue
+		id=$(basename "$f" | sed -E 's/^([0-9]+\.M[0-9]+P[0-9]+Q[0-9]+)\..*/\1/')
+		grep -q "^250 2.0.0 $id delivered" "$T/out" || { echo "$f in new/ without a 250"; return 1; }
+	done
+	for id in $(sed -nE 's/^250 2\.0\.0 ([^ ]+) delivered.*/\1/p' "$T/out"); do
+		f=$(ls "$T"/root/y.example/b/new/"$id".* 2>/dev/null | head -1)
+		[ -n "$f" ] || { echo "250 for $id, but not in b/new"; return 1; }
+		subject=$(sed -n 's/^Subject: //p' "$f")
+		if [ "$subject" = txn1 ]; then
+			ls "$T"/root/y.example/c/new/"$id".* >/dev/null 2>&1 || { echo "250 for $id, not in c/new"; return 1; }
+		fi
+	done
+	grep -qE '^(221|421) ' "$T/out" || { echo "the session did not end with 221 or 421"; return 1; }
+	if grep -q 'delivery failed: ' "$T/err"; then
+		grep -qE '^45[12] 4\.3\.[01] ' "$T/out" || { echo "a delivery failed, but no 451/452"; return 1; }
+		case $errno in ENOSPC | EDQUOT)
+			! grep -qE 'delivery failed: (write|fsync): ' "$T/err" || grep -q '^452 4.3.1 ' "$T/out" ||
+				{ echo "a full disk not answered 452 4.3.1"; return 1; } ;;
+		esac
+	fi
+}
+
+@test "fault walk: every call of every kind fails in turn, with each errno; the promises hold" {
+	local fn count n errno points=0 failed_txn=0
+	walk_input > "$T/in"
+	for fn in write fsync openat linkat renameat mkdir; do
+		fresh_maildirs
+		rm -f "$T/trace"
+		FAULT_CALL=$fn FAULT_NTH=0 FAULT_TRACE=$T/trace LD_PRELOAD=$SHIM \
+			"$SMTPD" -h test.example -m "$T/root/%d/%u" < "$T/in" > "$T/out" 2> "$T/err"
+		count=$(wc -l < "$T/trace" 2>/dev/null || echo 0)
+		echo "# $fn: $count calls in the session" >&3
+		for n in $(seq 1 "$count"); do
+			for errno in ENOSPC EDQUOT EIO EACCES EROFS; do
+				fresh_maildirs
+				FAULT_CALL=$fn FAULT_NTH=$n FAULT_ERRNO=$errno LD_PRELOAD=$SHIM \
+					"$SMTPD" -h test.example -m "$T/root/%d/%u" < "$T/in" > "$T/out" 2> "$T/err" || true
+				check_invariants "$errno" || {
+					echo "FAULT_CALL=$fn FAULT_NTH=$n FAULT_ERRNO=$errno"
+					cat "$T/out" "$T/err"
+					return 1
+				}
+				points=$((points + 1))
+				grep -q '^45[12] ' "$T/out" && failed_txn=$((failed_txn + 1))
+			done
+		done
+	done
+	echo "# walked $points fault points; $failed_txn ended in a 451/452" >&3
+	[ "$points" -ge 50 ]
+	[ "$failed_txn" -ge 10 ]
+}
+
+@test "fault walk: a one-off fault leaves the session able to deliver the next message" {
+	walk_input > "$T/in"
+	fresh_maildirs
+	# The first fsync is the first message's file: that message fails, the second arrives.
+	FAULT_CALL=fsync FAULT_NTH=1 FAULT_ERRNO=EIO LD_PRELOAD=$SHIM \
+		"$SMTPD" -h test.example -m "$T/root/%d/%u" < "$T/in" > "$T/out" 2> "$T/err"
+	grep -q '^451 4.3.0 Local error in delivery' "$T/out"
+	[ "$(grep -c ' delivered' "$T/out")" -eq 1 ]
+	grep -q 'delivery failed: fsync: Input/output error' "$T/err"
+	[ "$(ls "$T/root/y.example/b/new" | wc -l)" -eq 1 ]
+	[ -z "$(ls "$T/root/y.example/c/new")" ]
+	grep -q '^Subject: txn2$' "$T"/root/y.example/b/new/*
+}
+
+@test "fault walk: the new/ directory's fsync failing takes the message back out of new/" {
+	walk_input > "$T/in"
+	fresh_maildirs
+	# fsyncs of message 1: the file, then new/ of b, then new/ of c.
+	FAULT_CALL=fsync FAULT_NTH=3 FAULT_ERRNO=EIO LD_PRELOAD=$SHIM \
+		"$SMTPD" -h test.example -m "$T/root/%d/%u" < "$T/in" > "$T/out" 2> "$T/err"
+	grep -q '^451 4.3.0' "$T/out"
+	grep -q 'delivery failed: fsync new/: ' "$T/err"
+	! grep -q '^Subject: txn1$' "$T"/root/y.example/*/new/* 2>/dev/null
+}
+
+@test "full disk: a real tmpfs fills up: 452 4.3.1, nothing partial, then delivery after space is freed" {
+	command -v unshare >/dev/null || skip "unshare is not installed"
+	unshare -m true 2>/dev/null || skip "mount namespaces are not allowed here"
+	head -c 200000 /dev/urandom | base64 -w 76 | sed 's/$/\r/' > "$T/body"
+	{ printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: big\r\n\r\n'; cat "$T/body"; printf '.\r\nQUIT\r\n'; } > "$T/big.in"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: small\r\n\r\nfits\r\n.\r\nQUIT\r\n' > "$T/small.in"
+	mkdir -p "$T/full"
+	run unshare -m sh -c '
+		mount -t tmpfs -o size=128k tmpfs "$1" || exit 90
+		"$2" -h test.example -m "$1/Maildir" < "$3/big.in" > "$3/big.out" 2> "$3/big.err"
+		ls -A "$1/Maildir/new" > "$3/new.after-full"
+		ls -A "$1/Maildir/tmp" > "$3/tmp.after-full"
+		"$2" -h test.example -m "$1/Maildir" < "$3/small.in" > "$3/small.out" 2>/dev/null
+		ls -A "$1/Maildir/new" > "$3/new.after-small"
+	' sh "$T/full" "$SMTPD" "$T"
+	[ "$status" -ne 90 ] || skip "mounting a tmpfs is not allowed here"
+	cat "$T/big.out" "$T/big.err"
+	grep -q '^452 4.3.1 Insufficient system storage' "$T/big.out"
+	grep -q 'delivery failed: write: No space left on device' "$T/big.err"
+	[ ! -s "$T/new.after-full" ]
+	[ ! -s "$T/tmp.after-full" ]
+	grep -q ' delivered' "$T/small.out"
+	[ "$(wc -l < "$T/new.after-small")" -eq 1 ]
+}
+
+@test "unwritable: a read-only Maildir gets 4xx and nothing is written" {
+	unshare -m true 2>/dev/null || skip "mount namespaces are not allowed here"
+	mkdir -p "$T/Maildir/"{cur,new,tmp}
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nQUIT\r\n' > "$T/in"
+	run unshare -m sh -c 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" &&
+		"$2" -h test.example -m "$1" < "$3/in" > "$3/out" 2> "$3/err"' sh "$T/Maildir" "$SMTPD" "$T"
+	cat "$T/out" "$T/err"
+	grep -q '^451 4.3.0' "$T/out"
+	grep -q 'Read-only file system' "$T/err"
+	[ -z "$(find "$T/Maildir/new" "$T/Maildir/tmp" -type f)" ]
+}
+
+@test "unwritable: a Maildir whose tmp/ is a file, and one that is missing" {
+	mkdir -p "$T/root/y.example/f/"{cur,new} "$T/root/y.example/ok/"{cur,new,tmp}
+	: > "$T/root/y.example/f/tmp"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<f@y.example>\r\nRCPT TO:<gone@y.example>\r\nRCPT TO:<ok@y.example>\r\nQUIT\r\n' > "$T/in"
+	"$SMTPD" -h test.example -m "$T/root/%d/%u" < "$T/in" > "$T/out" 2>/dev/null
+	[ "$(sed -n 4p "$T/out" | tr -d '\r')" = '550 5.1.1 No such user' ]
+	[ "$(sed -n 5p "$T/out" | tr -d '\r')" = '550 5.1.1 No such user' ]
+	[ "$(sed -n 6p "$T/out" | tr -d '\r')" = '250 2.1.5 Ok' ]
+}
+
+@test "SIGKILL at 200 random points: whatever is in new/ is complete, byte for byte" {
+	local i pid delay f complete=0 killed=0
+	mkdir -p "$T/Maildir/"{cur,new,tmp}
+	python3 - "$T" <<'EOF'
+import sys
+t = sys.argv[1]
+body = b"".join(b"line %06d of the message that must arrive whole\r\n" % i for i in range(4000))
+with open(f"{t}/in", "wb") as f:
+    f.write(b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: whole\r\n\r\n")
+    f.write(body + b".\r\nQUIT\r\n")
+with open(f"{t}/want", "wb") as f:
+    f.write(b"Subject: whole\n\n" + body.replace(b"\r\n", b"\n"))
+EOF
+	for i in $(seq 200); do
+		mkfifo "$T/fifo"
+		"$SMTPD" -h test.example -m "$T/Maildir" < "$T/fifo" > /dev/null 2>&1 3>&- &
+		pid=$!
+		# The writer trickles the input in pieces so the kill lands anywhere in it.
+		(head -c 100000 "$T/in"; sleep 0.005; tail -c +100001 "$T/in") > "$T/fifo" 2>/dev/null &
+		delay=$(printf '0.%03d' $((RANDOM % 40)))
+		sleep "$delay"
+		kill -9 "$pid" 2>/dev/null && killed=$((killed + 1))
+		wait "$pid" 2>/dev/null || true
+		wait 2>/dev/null || true
+		rm -f "$T/fifo"
+	done
+	for f in "$T"/Maildir/new/*; do
+		[ -e "$f" ] || continue
+		tail -n +5 "$f" | cmp -s - "$T/want" || { echo "incomplete file in new/: $f"; return 1; }
+		complete=$((complete + 1))
+	done
+	echo "# 200 runs: $killed killed mid-session, $complete complete messages in new/, $(ls "$T/Maildir/tmp" | wc -l) left in tmp/" >&3
+	[ "$killed" -gt 0 ]
+}
