@@ -1,0 +1,128 @@
+#!/usr/bin/env bats
+# Hostile clients: trickling, floods, giant lines, giant messages over the limit, NULs, 8-bit
+# bytes and shell metacharacters in commands. Each ends in bounded time and memory, and
+# nothing is delivered that the client did not finish.
+
+setup() {
+	T=$(mktemp -d)
+	SMTPD=${SMTPD:-$BATS_TEST_DIRNAME/../smtpd}
+	MD=$T/Maildir
+}
+
+teardown() {
+	rm -rf "$T"
+}
+
+# Peak RSS is measured on the plain build only: the sanitizers' shadow memory dwarfs it.
+plain_build() {
+	[[ "$SMTPD" != *-asan ]] && [ -x /usr/bin/time ]
+}
+
+# rss_run NAME: runs smtpd on stdin with peak RSS in $T/NAME.rss (0 when not measured).
+rss_run() {
+	local name=$1
+	shift
+	if plain_build; then
+		/usr/bin/time -f %M -o "$T/$name.rss" "$SMTPD" -h test.example "$@"
+	else
+		echo 0 > "$T/$name.rss"
+		"$SMTPD" -h test.example "$@"
+	fi
+}
+
+assert_rss_under_4mib() {
+	local kib
+	kib=$(cat "$T/$1.rss")
+	echo "# $1: peak RSS $kib KiB" >&3
+	[ "$kib" -lt 4096 ]
+}
+
+@test "slow-loris: one byte a second is still cut at -T with 421 4.4.2" {
+	local start end
+	start=$(date +%s)
+	RC=0
+	(printf 'HELO c\r\n'; while :; do printf N; sleep 1; done) 2>/dev/null |
+		timeout 20 "$SMTPD" -h test.example -m "$MD" -t 2 -T 4 > "$T/out" 2>/dev/null || RC=$?
+	end=$(date +%s)
+	[ "$RC" -eq 1 ]
+	[ "$(tail -1 "$T/out" | tr -d '\r')" = '421 4.4.2 test.example Timeout, closing' ]
+	[ $((end - start)) -le 8 ]
+}
+
+@test "a 1 GiB line with no line end: one 500 5.5.2, bounded memory, the session goes on" {
+	local size=1073741824
+	plain_build || size=134217728
+	{ printf 'HELO c\r\n'; head -c "$size" /dev/zero | tr '\0' a; printf '\r\nNOOP\r\nQUIT\r\n'; } |
+		timeout 300 bash -c "$(declare -f rss_run plain_build); SMTPD='$SMTPD' T='$T' rss_run line -m '$MD'" > "$T/out" 2>/dev/null
+	[ "$(grep -c '^500 5.5.2 Line too long' "$T/out")" -eq 1 ]
+	[ "$(tail -2 "$T/out" | tr -d '\r' | tr '\n' '|')" = '250 2.0.0 Ok|221 2.0.0 test.example closing|' ]
+	! plain_build || assert_rss_under_4mib line
+}
+
+@test "2 GiB of data over -s: read to the end, 552 5.3.4, nothing stored, bounded memory" {
+	local size=2147483648
+	plain_build || size=268435456
+	{ printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: huge\r\n\r\n'
+	  { head -c "$size" /dev/zero | tr '\0' 'x' | fold -w 998; echo; } | sed 's/$/\r/'
+	  printf '.\r\nQUIT\r\n'; } |
+		timeout 600 bash -c "$(declare -f rss_run plain_build); SMTPD='$SMTPD' T='$T' rss_run data -s 1000 -m '$MD'" > "$T/out" 2>/dev/null
+	grep -q '^552 5.3.4 Message too big' "$T/out"
+	grep -q '^221 ' "$T/out"
+	[ -z "$(find "$MD" -type f)" ]
+	! plain_build || assert_rss_under_4mib data
+}
+
+@test "100 000 NOOPs and 100 000 RSETs: every one answered, bounded memory" {
+	python3 -c '
+import sys
+w = sys.stdout.buffer.write
+w(b"HELO c\r\n" + b"NOOP\r\n" * 100000 + b"RSET\r\n" * 100000 + b"QUIT\r\n")' > "$T/in"
+	timeout 120 bash -c "$(declare -f rss_run plain_build); SMTPD='$SMTPD' T='$T' rss_run flood -m '$MD'" < "$T/in" > "$T/out" 2>/dev/null
+	[ "$(grep -c '^250 2.0.0 Ok' "$T/out")" -eq 200000 ]
+	[ "$(tail -1 "$T/out" | tr -d '\r')" = '221 2.0.0 test.example closing' ]
+	! plain_build || assert_rss_under_4mib flood
+}
+
+@test "10 000 RCPTs with -r 100: 100 accepted, the rest 452 4.5.3, one file" {
+	python3 -c '
+import sys
+w = sys.stdout.buffer.write
+w(b"HELO c\r\nMAIL FROM:<a@x>\r\n")
+w(b"".join(b"RCPT TO:<u%d@y.example>\r\n" % i for i in range(10000)))
+w(b"DATA\r\nSubject: many\r\n\r\nx\r\n.\r\nQUIT\r\n")' > "$T/in"
+	timeout 120 bash -c "$(declare -f rss_run plain_build); SMTPD='$SMTPD' T='$T' rss_run rcpt -m '$MD'" < "$T/in" > "$T/out" 2>/dev/null
+	[ "$(grep -c '^250 2.1.5 Ok' "$T/out")" -eq 100 ]
+	[ "$(grep -c '^452 4.5.3 Too many recipients' "$T/out")" -eq 9900 ]
+	grep -q ' delivered' "$T/out"
+	[ "$(ls "$MD/new" | wc -l)" -eq 1 ]
+	! plain_build || assert_rss_under_4mib rcpt
+}
+
+@test "NULs and 8-bit bytes in commands: refused, never crash" {
+	printf 'HELO c\r\nNO\0OP\r\nMAIL FROM:<a\0b@x>\r\n\xff\xfe\r\nMAIL FROM:<\xc3\xa9@x>\r\nQUIT\r\n' > "$T/in"
+	"$SMTPD" -h test.example -m "$MD" < "$T/in" > "$T/out" 2>/dev/null
+	[ "$(sed -n 3p "$T/out" | tr -d '\r')" = '500 5.5.2 Invalid character in command' ]
+	[ "$(sed -n 4p "$T/out" | tr -d '\r')" = '500 5.5.2 Invalid character in command' ]
+	[ "$(sed -n 5p "$T/out" | tr -d '\r')" = '500 5.5.1 Command unrecognized' ]
+	[ "$(sed -n 6p "$T/out" | tr -d '\r')" = '553 5.6.7 Non-ASCII address needs SMTPUTF8' ]
+	[ "$(sed -n 7p "$T/out" | tr -d '\r')" = '221 2.0.0 test.example closing' ]
+}
+
+@test "shell metacharacters in addresses (the CVE-2020-7247 class): nothing runs, headers stay safe" {
+	local canary=$T/pwned
+	printf 'HELO c\r\nMAIL FROM:<`touch %s`@x.example>\r\nMAIL FROM:<a;touch${IFS}%s;@x.example>\r\nMAIL FROM:<"$(touch %s)"@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nSubject: meta\r\n\r\nx\r\n.\r\nQUIT\r\n' "$canary" "$canary" "$canary" > "$T/in"
+	"$SMTPD" -h test.example -m "$MD" < "$T/in" > "$T/out" 2> "$T/err"
+	[ ! -e "$canary" ]
+	grep -q ' delivered' "$T/out"
+	# The accepted quoted sender is stored as written, inside the angle brackets.
+	head -1 "$MD"/new/* | grep -qxF "Return-Path: <\"\$(touch $canary)\"@x.example>"
+	! LC_ALL=C grep -q '[[:cntrl:]]' "$T/err"
+}
+
+@test "every smuggling sequence, pipelined after a full transcript, delivers exactly one message" {
+	printf 'EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: one\r\n\r\na\n.\nb\n.\r\nc\r.\rd\r\n.\ne\r.\r\nf\r\n.\r\nMAIL FROM:<x@x>\r\nQUIT\r\n' > "$T/in"
+	"$SMTPD" -h test.example -m "$MD" < "$T/in" > "$T/out" 2>/dev/null
+	[ "$(grep -c ' delivered' "$T/out")" -eq 1 ]
+	[ "$(ls "$MD/new" | wc -l)" -eq 1 ]
+	[ "$(grep -c '^250 2.1.0' "$T/out")" -eq 2 ]
+}
