@@ -585,15 +585,7 @@ static void md_finish(struct md_txn *txn)
 		md_placed[i] = false;
 		snprintf(box->file, sizeof box->file, "%s", box->result == MD_OK ? md_final : "");
 	}
-	if (txn->spool_fd >= 0)
-		close(txn->spool_fd);
-	txn->spool_fd = -1;
-	if (md_spool_in_tmp)
-		unlinkat(md_spool_tmp, md_name, 0);
-	md_spool_in_tmp = false;
-	if (md_spool_tmp >= 0)
-		close(md_spool_tmp);
-	md_spool_tmp = -1;
+	md_abort(txn); /* the spool, if it is still in tmp/ */
 }
 
 /* Every box in new/, or in SMTP nothing more once one box has failed. */
