@@ -55,6 +55,10 @@ tests/fuzz/fuzz_session: tests/fuzz/fuzz_session.c session.c mailbox.c smtp.h
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 		-o $@ tests/fuzz/fuzz_session.c session.c mailbox.c
 
+# A benchmark, not a test: figures for smtpd next to bench/floor.c (see bench/run.sh).
+bench: smtpd smtpd-static
+	bash bench/run.sh
+
 demo: smtpd
 	@rm -rf demo
 	@for t in examples/*.txt; do \
@@ -76,4 +80,4 @@ format-check:
 clean:
 	rm -rf smtpd smtpd-asan smtpd-static tests/faultinject.so tests/fuzz/fuzz_session demo
 
-.PHONY: all static check check-static check-valgrind fuzz demo install format format-check clean
+.PHONY: all bench static check check-static check-valgrind fuzz demo install format format-check clean
