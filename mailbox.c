@@ -27,6 +27,7 @@ static struct {
 
 static char md_host[MD_HOST_MAX];      /* gethostname(), escaped, once */
 static unsigned long md_counter;       /* the Q<n> of the id */
+static long md_pid;                    /* asked once: glibc asks the kernel on every getpid() */
 static char md_name[MD_NAME_MAX];      /* <id>.<host>: the spool's name in tmp/ */
 static char md_final[MD_NAME_MAX];     /* <id>.<host>,S=<size>: the name in new/ */
 static int md_spool_tmp = -1;          /* tmp/ of the spool's box */
@@ -380,7 +381,8 @@ static int md_make_id(struct md_txn *txn)
 	if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
 		return -1;
 	int n = snprintf(txn->id, sizeof txn->id, "%lld.M%ldP%ldQ%lu", (long long)ts.tv_sec,
-			 ts.tv_nsec / 1000, (long)getpid(), ++md_counter);
+			 ts.tv_nsec / 1000, md_pid ? md_pid : (md_pid = (long)getpid()),
+			 ++md_counter);
 	if (n < 0 || (size_t)n >= sizeof txn->id)
 		return errno = EOVERFLOW, -1;
 	n = snprintf(md_name, sizeof md_name, "%s.%s", txn->id, md_host);

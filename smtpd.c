@@ -21,6 +21,7 @@ static const char usage_text[] = "usage: smtpd [-Lp] [-h hostname] [-m template]
 				 "[-s max_bytes] [-t seconds] [-T seconds] | smtpd -V";
 
 static bool log_to_syslog;
+static long log_pid; /* glibc asks the kernel on every getpid(): once is enough */
 static char default_template[MD_PATH_MAX];
 static char host_buf[HELO_MAX + 1];
 
@@ -52,7 +53,7 @@ void log_line(const char *fmt, ...)
 	if (log_to_syslog)
 		syslog(LOG_MAIL | LOG_INFO, "%s", line);
 	else
-		fprintf(stderr, "smtpd[%ld]: %s\n", (long)getpid(), line);
+		fprintf(stderr, "smtpd[%ld]: %s\n", log_pid, line);
 }
 
 /* Under inetd and xinetd fd 2 is the client's socket: a log line there would enter the SMTP
@@ -219,6 +220,7 @@ int main(int argc, char **argv)
 	signal(SIGXFSZ, SIG_IGN);
 	umask(077);
 	tzset();
+	log_pid = (long)getpid();
 	log_to_syslog = !stderr_is_private();
 	if (log_to_syslog)
 		openlog("smtpd", LOG_PID, LOG_MAIL);
