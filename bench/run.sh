@@ -1,0 +1,492 @@
+#!/usr/bin/env bash
+# bench/run.sh: performance figures for ./smtpd, next to bench/floor.c, the least a durable
+# Maildir receiver can do. A benchmark, not a test: it prints Markdown on stdout (progress on
+# stderr) and fails only when something breaks, such as a message missing from new/.
+#
+# Run from anywhere, after building ./smtpd (and ./smtpd-static, if wanted): `make bench`.
+# As root on Debian it installs what it lacks (ucspi-tcp-ipv6, valgrind, strace, time, gcc,
+# iproute2). The load generator is Postfix's smtp-source, taken out of Debian's postfix
+# package with `apt-get download` and `dpkg -x` into bench/.cache/; the MTA is not installed.
+#
+# Environment: RUNS (runs per cell, median taken; default 3), BENCH_DIR (where the Maildirs
+# are written; default bench/.cache, i.e. the disk the source tree is on), SMTPD and SMTPD_STATIC
+# (default ./smtpd and ./smtpd-static, which is left out if missing),
+# BIG (bytes of the largest message; default 1 GiB, scaled down if disk is short),
+# QUICK=1 (one run of the smallest counts and a 64 MiB big message: to see that it works).
+set -euo pipefail
+export LC_ALL=C
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cache=$top/bench/.cache
+SMTPD=${SMTPD:-$top/smtpd}
+STATIC=${SMTPD_STATIC:-$top/smtpd-static}
+RUNS=${RUNS:-3}
+BIG=${BIG:-1073741824}
+HOSTNAME_ARG=bench.example
+
+# The cells: concurrency, messages per session, message size, total messages. Totals are
+# multiples of concurrency x messages per session, so every session sends exactly its share.
+CELLS=(
+	"1 1 2048 400"
+	"1 10 2048 600"
+	"20 1 2048 800"
+	"20 10 2048 1000"
+	"1 1 1048576 120"
+	"1 10 1048576 120"
+	"20 1 1048576 400"
+	"20 10 1048576 400"
+)
+if [ "${QUICK:-}" = 1 ]; then
+	RUNS=1 BIG=67108864
+	for i in "${!CELLS[@]}"; do
+		read -r c k size n <<<"${CELLS[$i]}"
+		CELLS[i]="$c $k $size $((c * k))"
+	done
+fi
+
+note() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+	printf 'bench: FAILED: %s\n' "$*" >&2
+	if [ -n "$T" ] && [ -s "$T/server.log" ]; then
+		echo "bench: the servers' last log lines:" >&2
+		tail -n 5 "$T/server.log" >&2
+	fi
+	exit 1
+}
+
+# ---------------------------------------------------------------- clean-up, even on Ctrl-C
+T=
+server_pids=() # tcpserver and the subshell around it, stopped by PID
+client_pids=() # background smtp-source loops
+
+children_of() {
+	local f=/proc/$1/task/$1/children
+	if [ -r "$f" ]; then
+		cat "$f" 2>/dev/null || true
+	else
+		pgrep -P "$1" 2>/dev/null || true
+	fi
+}
+
+stop_pid() {
+	local p=$1 i
+	[ -n "$p" ] || return 0
+	kill "$p" 2>/dev/null || return 0
+	for i in $(seq 250); do
+		kill -0 "$p" 2>/dev/null || return 0
+		sleep 0.02
+	done
+	kill -9 "$p" 2>/dev/null || true
+}
+
+cleanup() {
+	local p c c2
+	trap - EXIT INT TERM
+	for p in "${client_pids[@]}"; do
+		kill "$p" 2>/dev/null || true
+	done
+	for p in "${server_pids[@]}"; do
+		for c in $(children_of "$p"); do
+			for c2 in $(children_of "$c"); do kill "$c2" 2>/dev/null || true; done
+		done
+	done
+	for p in "${server_pids[@]}"; do stop_pid "$p"; done
+	wait 2>/dev/null || true
+	[ -z "$T" ] || rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- what it needs
+apt_get() {
+	DEBIAN_FRONTEND=noninteractive apt-get "$@" -o DPkg::Lock::Timeout=600 >&2 ||
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 &&
+			DEBIAN_FRONTEND=noninteractive apt-get "$@" -o DPkg::Lock::Timeout=600 >&2; }
+}
+
+installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
+
+need=()
+command -v tcpserver >/dev/null || need+=(ucspi-tcp-ipv6)
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v strace >/dev/null || need+=(strace)
+[ -x /usr/bin/time ] || need+=(time)
+command -v ss >/dev/null || need+=(iproute2)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+command -v strip >/dev/null || need+=(binutils)
+
+mkdir -p "$cache"
+pf=$cache/postfix
+SOURCE=$pf/usr/sbin/smtp-source
+if [ ! -x "$SOURCE" ]; then
+	[ "$(id -u)" = 0 ] || die "smtp-source is missing: run as root once, so that it can be fetched"
+	note "fetching Postfix's smtp-source (apt-get download postfix; the MTA is not installed)"
+	rm -rf "$pf" "$cache"/postfix_*.deb
+	(cd "$cache" && apt_get download -q -o APT::Sandbox::User=root postfix) || die "apt-get download postfix"
+	dpkg -x "$cache"/postfix_*.deb "$pf"
+	[ -x "$SOURCE" ] || die "no usr/sbin/smtp-source in the postfix package"
+fi
+debs=("$cache"/postfix_*.deb)
+deb=${debs[0]}
+if [ -e "$deb" ]; then
+	# the shared libraries that smtp-source and Postfix's own libraries link against
+	for p in $(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/ //g' | grep '^lib'); do
+		installed "$p" || need+=("$p")
+	done
+fi
+if [ ${#need[@]} -gt 0 ]; then
+	[ "$(id -u)" = 0 ] || die "missing: ${need[*]} (apt-get install ${need[*]})"
+	note "installing ${need[*]}"
+	apt_get install -y -q --no-install-recommends "${need[@]}" || die "apt-get install ${need[*]}"
+fi
+smtp_source() { LD_LIBRARY_PATH=$pf/usr/lib/postfix "$SOURCE" "$@"; }
+missing=$(LD_LIBRARY_PATH=$pf/usr/lib/postfix ldd "$SOURCE" | grep 'not found' || true)
+[ -z "$missing" ] || die "smtp-source lacks shared libraries: $missing"
+
+[ -x "$SMTPD" ] || die "no $SMTPD: build it first (make)"
+have_static=false
+[ -x "$STATIC" ] && have_static=true
+
+mkdir -p "${BENCH_DIR:-$cache}"
+T=$(mktemp -d "${BENCH_DIR:-$cache}/run.XXXXXX")
+FLOOR=$T/floor
+GEN=$T/gen
+cc -O2 -o "$FLOOR" "$top/bench/floor.c" || die "cc bench/floor.c"
+cc -O2 -o "$GEN" "$top/bench/gen.c" || die "cc bench/gen.c"
+
+# ---------------------------------------------------------------- helpers
+median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+now() { echo "$EPOCHREALTIME"; }
+fmt() { awk -v v="$1" -v d="$2" 'BEGIN {printf "%.*f", d, v}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}'; }
+
+free_port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 30000))
+		[ -z "$(ss -Hltn "sport = :$p")" ] && { echo "$p"; return; }
+	done
+}
+
+wait_listen() {
+	local i
+	for i in $(seq 250); do
+		ss -Hltn "sport = :$1" | grep -q LISTEN && return 0
+		sleep 0.02
+	done
+	die "nothing listening on port $1"
+}
+
+# A fresh, empty Maildir (floor needs one; smtpd would create it).
+fresh_maildir() {
+	rm -rf "$1"
+	mkdir -p "$1/tmp" "$1/new" "$1/cur"
+}
+
+# The server's command line for a Maildir: prog_cmd NAME MAILDIR [MAX_SIZE]
+prog_cmd() {
+	local size=${3:+-s $3 }
+	case $1 in
+	smtpd) echo "$SMTPD -h $HOSTNAME_ARG $size-m $2" ;;
+	smtpd-static) echo "$STATIC -h $HOSTNAME_ARG $size-m $2" ;;
+	floor) echo "$FLOOR $2" ;;
+	esac
+}
+
+# Checks that new/ holds exactly N messages and tmp/ nothing.
+check_delivered() { # name maildir n
+	local got stray
+	got=$(find "$2/new" -type f | wc -l)
+	stray=$(find "$2/tmp" -type f | wc -l)
+	[ "$got" -eq "$3" ] || die "$1: $got of $3 messages in new/"
+	[ "$stray" -eq 0 ] || die "$1: $stray stray files in tmp/"
+}
+
+# One SMTP session's transcript on stdout: transcript MESSAGES BODY_BYTES (see bench/gen.c)
+transcript() { "$GEN" "$1" "$2" "$HOSTNAME_ARG"; }
+
+# ---------------------------------------------------------------- one throughput run
+# run_cell NAME C K SIZE N -> "msgs_per_second cpu_ms_per_message" on stdout. Not to be run
+# in a subshell: the servers it starts must be known to cleanup.
+run_cell() {
+	local name=$1 c=$2 k=$3 size=$4 n=$5 port md tpid tcp t0 t1 w j per fail=0 cpu
+	md=$T/cell/Maildir
+	fresh_maildir "$md"
+	port=$(free_port)
+	# The subshell's `times` gives the CPU time of its reaped children (in ms): tcpserver's, and
+	# through it that of every session, since tcpserver reaps them.
+	# shellcheck disable=SC2046
+	(
+		tcpserver -R -H -l0 -c 40 127.0.0.1 "$port" $(prog_cmd "$name" "$md") 3>&- 2>>"$T/server.log" || true
+		times >"$T/cpu"
+	) &
+	tpid=$!
+	server_pids=("$tpid")
+	wait_listen "$port"
+	tcp=$(children_of "$tpid")
+	tcp=${tcp%% *}
+	[ -n "$tcp" ] || die "cannot find tcpserver's PID"
+	server_pids=("$tcp" "$tpid")
+
+	local src=(-M "$HOSTNAME_ARG" -f "sender@$HOSTNAME_ARG" -t "rcpt@$HOSTNAME_ARG" -l "$size")
+	t0=$(now)
+	if [ "$k" -eq 1 ]; then
+		smtp_source "${src[@]}" -s "$c" -m "$n" "127.0.0.1:$port" >&2 || fail=1
+	else
+		# c clients, each a row of sessions of exactly k messages
+		per=$((n / (c * k)))
+		client_pids=()
+		for ((w = 0; w < c; w++)); do
+			(for ((j = 0; j < per; j++)); do
+				smtp_source "${src[@]}" -s 1 -m "$k" -d "127.0.0.1:$port" >&2 || exit 1
+			done) &
+			client_pids+=($!)
+		done
+		for w in "${client_pids[@]}"; do wait "$w" || fail=1; done
+		client_pids=()
+	fi
+	t1=$(now)
+	[ "$fail" -eq 0 ] || die "$name: smtp-source failed (see above)"
+	# the sessions' CPU time counts once tcpserver has reaped them
+	for _ in $(seq 500); do
+		[ -z "$(children_of "$tcp")" ] && break
+		sleep 0.01
+	done
+	kill "$tcp"
+	wait "$tpid" || true
+	server_pids=()
+	check_delivered "$name" "$md" "$n"
+	cpu=$(tail -n 1 "$T/cpu" | awk '{for (i = 1; i <= NF; i++) {split($i, f, /[ms]/); s += f[1] * 60 + f[2]}; print s}')
+	awk -v n="$n" -v t="$t0" -v u="$t1" -v cpu="$cpu" 'BEGIN {printf "%.3f %.4f\n", n / (u - t), cpu * 1000 / n}'
+	rm -rf "$md"
+}
+
+human() { # bytes as KiB/MiB/GiB
+	awk -v b="$1" 'BEGIN {
+		if (b >= 1073741824 && b % 1073741824 == 0) printf "%d GiB", b / 1073741824;
+		else if (b >= 1048576) printf "%g MiB", b / 1048576;
+		else printf "%g KiB", b / 1024 }'
+}
+
+# ---------------------------------------------------------------- header
+fs_type=$(findmnt -no FSTYPE -T "$T" 2>/dev/null || stat -f -c %T "$T")
+cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+echo "## smtpd benchmark"
+echo
+echo "- $("$SMTPD" -V), $(date -u '+%Y-%m-%d'), Linux $(uname -r), ${cpu_model:-unknown CPU}, $(nproc) CPUs"
+echo "- Maildirs on $fs_type ($(df -P "$T" | awk 'NR == 2 {print $1}')); load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- floor: bench/floor.c (cc -O2): greets, answers 250/354/221 without parsing, and stores"
+echo "  each message exactly as durably as smtpd (tmp/ with O_EXCL, fsync, rename into new/,"
+echo "  fsync new/), without dot-unstuffing or headers"
+case $fs_type in tmpfs | ramfs) echo "- WARNING: fsync costs nothing on $fs_type: set BENCH_DIR to a directory on a disk" ;; esac
+echo
+
+# ---------------------------------------------------------------- throughput
+avail_kib=$(df -Pk "$T" | awk 'NR == 2 {print $4}')
+[ "$avail_kib" -gt $((600 * 1024)) ] || die "less than 600 MiB free under $T"
+
+note "throughput: ${#CELLS[@]} cells x 2 programs x $RUNS runs"
+echo "### Throughput: smtp-source over loopback, tcpserver, one process per session"
+echo
+echo "Median of $RUNS runs, smtpd and floor in alternation; every message counted in new/."
+echo "\`tcpserver -R -H -l0 -c 40\` on 127.0.0.1 starts one server per connection. CPU is the"
+echo "user+system time of the server side (tcpserver and the sessions it reaped) per message."
+echo "Load: 1 message per session is \`smtp-source -s C -m N\`; 10 per session is C parallel"
+echo "loops of \`smtp-source -s 1 -m 10 -d\`. smtp-source does not pipeline: it waits for each reply."
+echo
+echo "| concurrency | msgs/session | size | messages | smtpd msg/s | floor msg/s | smtpd/floor | smtpd CPU ms/msg | floor CPU ms/msg | smtpd/floor |"
+echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for cell in "${CELLS[@]}"; do
+	read -r c k size n <<<"$cell"
+	: >"$T/r.smtpd"
+	: >"$T/r.floor"
+	for ((r = 1; r <= RUNS; r++)); do
+		for prog in smtpd floor; do
+			run_cell "$prog" "$c" "$k" "$size" "$n" >"$T/res"
+			res=$(cat "$T/res")
+			note "c=$c k=$k size=$size n=$n run $r $prog: $res (msg/s, CPU ms/msg)"
+			echo "$res" >>"$T/r.$prog"
+		done
+	done
+	sr=$(awk '{print $1}' "$T/r.smtpd" | median)
+	fr=$(awk '{print $1}' "$T/r.floor" | median)
+	sc=$(awk '{print $2}' "$T/r.smtpd" | median)
+	fc=$(awk '{print $2}' "$T/r.floor" | median)
+	echo "| $c | $k | $(human "$size") | $n | $(fmt "$sr" 1) | $(fmt "$fr" 1) | $(ratio "$sr" "$fr") | $(fmt "$sc" 3) | $(fmt "$fc" 3) | $(ratio "$sc" "$fc") |"
+done
+echo
+
+# ---------------------------------------------------------------- instructions
+progs=(smtpd)
+$have_static && progs+=(smtpd-static)
+progs+=(floor)
+
+transcript 0 0 >"$T/none.txt"
+transcript 1 2048 >"$T/one.txt"
+transcript 10 2048 >"$T/ten.txt"
+
+callgrind_ir() { # name transcript -> total instructions
+	local md=$T/cg/Maildir out=$T/cg.out
+	fresh_maildir "$md"
+	rm -f "$out"
+	# shellcheck disable=SC2046
+	valgrind --tool=callgrind -q --callgrind-out-file="$out" $(prog_cmd "$1" "$md") \
+		<"$2" >"$T/cg.reply" 2>>"$T/server.log" || die "$1 under valgrind failed"
+	check_delivered "$1" "$md" "$3"
+	awk '/^(summary|totals):/ {print $2; exit}' "$out"
+}
+
+note "instruction counts (callgrind)"
+echo "### Instructions (valgrind --tool=callgrind, whole process from exec to exit)"
+echo
+echo "One session piped in: EHLO, then per message MAIL, RCPT, DATA and 2 KiB of text, then QUIT."
+echo
+echo "| program | session without a message | 1-message session | each further message (from a 10-message session) |"
+echo "| --- | ---: | ---: | ---: |"
+for p in "${progs[@]}"; do
+	none=$(callgrind_ir "$p" "$T/none.txt" 0)
+	one=$(callgrind_ir "$p" "$T/one.txt" 1)
+	ten=$(callgrind_ir "$p" "$T/ten.txt" 10)
+	echo "| $p | $none | $one | $(awk -v a="$one" -v b="$ten" 'BEGIN {printf "%d", (b - a) / 9}') |"
+done
+echo
+
+# ---------------------------------------------------------------- memory and the data path
+avail_kib=$(df -Pk "$T" | awk 'NR == 2 {print $4}')
+big=$BIG
+if [ $((avail_kib * 1024)) -lt $((big + 512 * 1048576)) ]; then
+	big=$(((avail_kib * 1024 - 512 * 1048576) / 2 / 1048576 * 1048576))
+	[ "$big" -ge 67108864 ] || die "too little space under $T for the big message"
+	note "only $((avail_kib / 1024)) MiB free: the big message is $(human "$big") instead of $(human "$BIG")"
+fi
+
+pipe_run() { # name bytes -> "seconds peak_rss_kib cpu_seconds"; one message through a pipe
+	local md=$T/pipe/Maildir t0 t1
+	fresh_maildir "$md"
+	t0=$(now)
+	# shellcheck disable=SC2046
+	transcript 1 "$2" | /usr/bin/time -f '%M %U %S' -o "$T/rss" $(prog_cmd "$1" "$md" $(($2 + 4096))) \
+		>"$T/pipe.reply" 2>>"$T/server.log" || die "$1: exit status $? for a $(human "$2") message"
+	t1=$(now)
+	check_delivered "$1" "$md" 1
+	awk -v t="$t0" -v u="$t1" -v m="$(tail -n 1 "$T/rss")" 'BEGIN {split(m, r, " "); printf "%.3f %s %.2f\n", u - t, r[1], r[2] + r[3]}'
+	rm -rf "$md"
+}
+
+cat_run() { # bytes -> "seconds - cpu_seconds" for the same bytes through cat into a file, then fsync
+	local f=$T/cat.out t0 t1
+	rm -f "$f"
+	t0=$(now)
+	transcript 1 "$1" | /usr/bin/time -f '%U %S' -o "$T/rss" cat >"$f"
+	sync "$f"
+	t1=$(now)
+	rm -f "$f"
+	awk -v t="$t0" -v u="$t1" -v m="$(tail -n 1 "$T/rss")" 'BEGIN {split(m, r, " "); printf "%.3f - %.2f\n", u - t, r[1] + r[2]}'
+}
+
+note "peak RSS and the data path ($(human "$big"))"
+: >"$T/big.smtpd"
+: >"$T/big.floor"
+: >"$T/big.cat"
+for ((r = 1; r <= RUNS; r++)); do
+	pipe_run smtpd "$big" >>"$T/big.smtpd"
+	pipe_run floor "$big" >>"$T/big.floor"
+	cat_run "$big" >>"$T/big.cat"
+	note "data path run $r: smtpd $(tail -n 1 "$T/big.smtpd" | cut -d' ' -f1) s," \
+		"floor $(tail -n 1 "$T/big.floor" | cut -d' ' -f1) s, cat+fsync $(tail -n 1 "$T/big.cat" | cut -d' ' -f1) s"
+done
+
+echo "### Peak memory (maximum RSS, /usr/bin/time -f %M), one message through a pipe"
+echo
+printf '| message |'
+for p in "${progs[@]}"; do printf ' %s |' "$p"; done
+echo
+printf '| ---: |'
+for p in "${progs[@]}"; do printf ' ---: |'; done
+echo
+for size in 1024 52428800 "$big"; do
+	printf '| %s |' "$(human "$size")"
+	for p in "${progs[@]}"; do
+		if [ -s "$T/big.$p" ] && [ "$size" = "$big" ]; then
+			rss=$(awk '{print $2}' "$T/big.$p" | sort -g | tail -n 1)
+		else
+			rss=$(pipe_run "$p" "$size" | awk '{print $2}')
+		fi
+		printf ' %s KiB |' "$rss"
+	done
+	echo
+done
+echo
+
+mbps() { awk -v b="$big" -v s="$1" 'BEGIN {printf "%.0f", b / s / 1e6}'; }
+col() { awk -v i="$2" '{print $i}' "$T/big.$1" | median; } # writer, column
+smtpd_s=$(col smtpd 1) smtpd_cpu=$(col smtpd 3)
+floor_s=$(col floor 1) floor_cpu=$(col floor 3)
+cat_s=$(col cat 1) cat_cpu=$(col cat 3)
+echo "### Data path: one $(human "$big") message through a pipe, median of $RUNS"
+echo
+echo "The same bytes (a whole SMTP session, from bench/gen.c) go to each writer. CPU is the"
+echo "writer's own user+system time (for cat, without the sync)."
+echo
+echo "| writer | seconds | MB/s | time / cat's | CPU seconds |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+echo "| smtpd -m DIR (decodes DATA; tmp/, fsync, new/) | $(fmt "$smtpd_s" 2) | $(mbps "$smtpd_s") | $(ratio "$smtpd_s" "$cat_s") | $smtpd_cpu |"
+echo "| floor (stores DATA as received; tmp/, fsync, new/) | $(fmt "$floor_s" 2) | $(mbps "$floor_s") | $(ratio "$floor_s" "$cat_s") | $floor_cpu |"
+echo "| cat > file; sync file | $(fmt "$cat_s" 2) | $(mbps "$cat_s") | 1.00 | $cat_cpu |"
+echo
+
+# ---------------------------------------------------------------- system calls
+note "system calls (strace -c -f)"
+for p in "${progs[@]}"; do
+	md=$T/st/Maildir
+	fresh_maildir "$md"
+	# shellcheck disable=SC2046
+	strace -c -f -o "$T/strace.$p" $(prog_cmd "$p" "$md") <"$T/ten.txt" >/dev/null 2>>"$T/server.log" ||
+		die "$p under strace failed"
+	check_delivered "$p" "$md" 10
+	# "calls name" per line, "calls total" last
+	awk '/^-+ / {sep++; next} sep >= 1 && NF >= 5 {print $4, $NF}' "$T/strace.$p" >"$T/calls.$p"
+done
+echo "### System calls: one session, 10 pipelined 2 KiB messages (strace -c -f, calls)"
+echo
+printf '| syscall |'
+for p in "${progs[@]}"; do printf ' %s |' "$p"; done
+echo
+printf '| --- |'
+for p in "${progs[@]}"; do printf ' ---: |'; done
+echo
+# every syscall any of them made, by smtpd's count, then the total
+cat "$T"/calls.* | awk '$2 != "total" {print $2}' | sort -u >"$T/names"
+while read -r name; do
+	printf '%s' "$name"
+	for p in "${progs[@]}"; do
+		printf ' %s' "$(awk -v n="$name" '$2 == n {print $1; f = 1} END {if (!f) print 0}' "$T/calls.$p")"
+	done
+	echo
+done <"$T/names" | sort -k2,2nr -k1,1 | while read -r name rest; do
+	printf '| %s |' "$name"
+	for v in $rest; do printf ' %s |' "$v"; done
+	echo
+done
+printf '| **total** |'
+for p in "${progs[@]}"; do printf ' **%s** |' "$(awk '$2 == "total" {print $1}' "$T/calls.$p")"; done
+echo
+echo
+
+# ---------------------------------------------------------------- sizes
+echo "### Binary sizes"
+echo
+echo "| file | bytes | stripped |"
+echo "| --- | ---: | ---: |"
+for p in "${progs[@]}"; do
+	case $p in
+	smtpd) f=$SMTPD ;;
+	smtpd-static) f=$STATIC ;;
+	floor) f=$FLOOR ;;
+	esac
+	strip -o "$T/stripped" "$f"
+	echo "| $p$([ "$p" = smtpd-static ] && echo " (static)") | $(stat -c %s "$f") | $(stat -c %s "$T/stripped") |"
+done
+echo
+note "done"
