@@ -19,15 +19,18 @@ enum {
 
 #define MD_DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
-/* The catch-all Maildir, made once and kept open for the whole process. */
+/* The catch-all Maildir, made once: it, its tmp/ and its new/ stay open for the whole
+ * process, so that a message costs one openat() there, as few as a Maildir allows. */
 static struct {
 	char path[MD_PATH_MAX];
-	int fd;
-} md_catch = { "", -1 };
+	int fd, tmp_fd, new_fd;
+	dev_t dev;
+	ino_t ino;
+} md_catch = { "", -1, -1, -1, 0, 0 };
 
 static char md_host[MD_HOST_MAX];      /* gethostname(), escaped, once */
 static unsigned long md_counter;       /* the Q<n> of the id */
-static long md_pid;                    /* asked once: glibc asks the kernel on every getpid() */
+static unsigned long md_pid;           /* asked once: glibc asks the kernel on every getpid() */
 static char md_name[MD_NAME_MAX];      /* <id>.<host>: the spool's name in tmp/ */
 static char md_final[MD_NAME_MAX];     /* <id>.<host>,S=<size>: the name in new/ */
 static int md_spool_tmp = -1;          /* tmp/ of the spool's box */
@@ -230,47 +233,89 @@ static int md_open_or_make(const char *path)
 	return open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 }
 
-/* The catch-all is created with its cur/ new/ tmp/ on first use, then its fd is reused. */
-static enum md_result md_open_catch(const char *path, int *fd)
+static void md_close_catch(void)
+{
+	int *fds[] = { &md_catch.fd, &md_catch.tmp_fd, &md_catch.new_fd };
+
+	for (size_t i = 0; i < 3; i++) {
+		if (*fds[i] >= 0)
+			close(*fds[i]);
+		*fds[i] = -1;
+	}
+	md_catch.path[0] = '\0';
+}
+
+/* cur/ new/ tmp/ made if missing; tmp/ and new/ opened without following a symlink. */
+static int md_fill_catch(int dfd)
 {
 	static const char *const subs[] = { "cur", "new", "tmp" };
+	struct stat st;
 
+	for (size_t i = 0; i < 3; i++)
+		if (mkdirat(dfd, subs[i], 0700) != 0 && errno != EEXIST)
+			return -1;
+	md_catch.tmp_fd = openat(dfd, "tmp", MD_DIR_FLAGS);
+	md_catch.new_fd = openat(dfd, "new", MD_DIR_FLAGS);
+	if (md_catch.tmp_fd < 0 || md_catch.new_fd < 0 || fstat(dfd, &st) != 0)
+		return -1;
+	md_catch.dev = st.st_dev;
+	md_catch.ino = st.st_ino;
+	return 0;
+}
+
+/* The catch-all is created with its cur/ new/ tmp/ on first use, then its fds are reused. */
+static enum md_result md_open_catch(const char *path, int *fd)
+{
 	if (md_catch.fd >= 0 && strcmp(md_catch.path, path) == 0)
 		return *fd = md_catch.fd, MD_OK;
+	md_close_catch();
 	int dfd = md_open_or_make(path);
 	if (dfd < 0)
 		return md_errno_result(errno);
-	for (size_t i = 0; i < 3; i++) {
-		if (mkdirat(dfd, subs[i], 0700) != 0 && errno != EEXIST) {
-			int e = errno;
-			close(dfd);
-			return md_errno_result(e);
-		}
+	md_catch.fd = dfd;
+	if (md_fill_catch(dfd) != 0) {
+		int e = errno;
+		md_close_catch();
+		return md_errno_result(e);
 	}
-	if (md_is_maildir(dfd) != 1) {
-		close(dfd);
-		return MD_TEMP;
-	}
-	if (md_catch.fd >= 0)
-		close(md_catch.fd);
-	md_catch.fd = *fd = dfd;
-	snprintf(md_catch.path, sizeof md_catch.path, "%s", path);
-	return MD_OK;
+	text_copy(md_catch.path, sizeof md_catch.path, path);
+	return *fd = dfd, MD_OK;
+}
+
+static bool md_is_catch(int dir_fd)
+{
+	return dir_fd >= 0 && dir_fd == md_catch.fd;
+}
+
+/* A box's tmp/ or new/: the catch-all's kept ones, or freshly opened for this message. */
+static int md_open_sub(const struct md_txn *txn, size_t i, const char *sub)
+{
+	int dir = txn->boxes[i].dir_fd;
+
+	if (md_is_catch(dir))
+		return strcmp(sub, "tmp") == 0 ? md_catch.tmp_fd : md_catch.new_fd;
+	return openat(dir, sub, MD_DIR_FLAGS);
+}
+
+static void md_close_sub(int fd)
+{
+	if (fd >= 0 && fd != md_catch.tmp_fd && fd != md_catch.new_fd)
+		close(fd);
 }
 
 /* The catch-all's fd outlives the transaction; every other one is the box's own. */
 static void md_drop(int fd)
 {
-	if (fd >= 0 && fd != md_catch.fd)
+	if (fd >= 0 && !md_is_catch(fd))
 		close(fd);
 }
 
 /* Two recipients in one Maildir share one box, hence one file there. */
 static enum md_result md_append(struct md_txn *txn, int fd, const char *path, size_t *index)
 {
-	struct stat st;
+	struct stat st = { .st_dev = md_catch.dev, .st_ino = md_catch.ino };
 
-	if (fstat(fd, &st) != 0) {
+	if (!md_is_catch(fd) && fstat(fd, &st) != 0) {
 		enum md_result r = md_errno_result(errno);
 		md_drop(fd);
 		return r;
@@ -292,7 +337,7 @@ static enum md_result md_append(struct md_txn *txn, int fd, const char *path, si
 	box->dev = st.st_dev;
 	box->ino = st.st_ino;
 	box->result = MD_OK;
-	snprintf(box->path, sizeof box->path, "%s", path);
+	text_copy(box->path, sizeof box->path, path);
 	*index = txn->box_count++;
 	return MD_OK;
 }
@@ -380,20 +425,26 @@ static int md_make_id(struct md_txn *txn)
 		md_make_host();
 	if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
 		return -1;
-	int n = snprintf(txn->id, sizeof txn->id, "%lld.M%ldP%ldQ%lu", (long long)ts.tv_sec,
-			 ts.tv_nsec / 1000, md_pid ? md_pid : (md_pid = (long)getpid()),
-			 ++md_counter);
-	if (n < 0 || (size_t)n >= sizeof txn->id)
-		return errno = EOVERFLOW, -1;
-	n = snprintf(md_name, sizeof md_name, "%s.%s", txn->id, md_host);
-	if (n < 0 || (size_t)n >= sizeof md_name)
-		return errno = EOVERFLOW, -1;
-	return 0;
+	if (md_pid == 0)
+		md_pid = (unsigned long)getpid();
+	struct text id = text_on(txn->id, sizeof txn->id);
+	text_add_num(&id, (unsigned long long)ts.tv_sec, 0);
+	text_add(&id, ".M");
+	text_add_num(&id, (unsigned long long)ts.tv_nsec / 1000, 0);
+	text_add(&id, "P");
+	text_add_num(&id, md_pid, 0);
+	text_add(&id, "Q");
+	text_add_num(&id, ++md_counter, 0);
+	struct text name = text_on(md_name, sizeof md_name);
+	text_add(&name, txn->id);
+	text_add(&name, ".");
+	text_add(&name, md_host);
+	return id.cut || name.cut ? (errno = EOVERFLOW, -1) : 0;
 }
 
 static bool md_create_spool(struct md_txn *txn, size_t i)
 {
-	int tmp = openat(txn->boxes[i].dir_fd, "tmp", MD_DIR_FLAGS);
+	int tmp = md_open_sub(txn, i, "tmp");
 	if (tmp < 0) {
 		md_box_fail(txn, i, "open tmp/", errno);
 		return false;
@@ -401,7 +452,7 @@ static bool md_create_spool(struct md_txn *txn, size_t i)
 	int fd = openat(tmp, md_name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		md_box_fail(txn, i, "create in tmp/", errno);
-		close(tmp);
+		md_close_sub(tmp);
 		return false;
 	}
 	md_spool_tmp = tmp;
@@ -454,7 +505,7 @@ enum md_result md_write(struct md_txn *txn, const void *buf, size_t len)
 
 static int md_open_new(struct md_txn *txn, size_t i)
 {
-	md_new_fd[i] = openat(txn->boxes[i].dir_fd, "new", MD_DIR_FLAGS);
+	md_new_fd[i] = md_open_sub(txn, i, "new");
 	if (md_new_fd[i] < 0)
 		md_box_fail(txn, i, "open new/", errno);
 	return md_new_fd[i];
@@ -504,13 +555,13 @@ static int md_copy_file(struct md_txn *txn, size_t i, int tmp, const char **op)
 static void md_copy_into(struct md_txn *txn, size_t i)
 {
 	const char *op = "open tmp/";
-	int e, tmp = openat(txn->boxes[i].dir_fd, "tmp", MD_DIR_FLAGS);
+	int e, tmp = md_open_sub(txn, i, "tmp");
 
 	if (tmp < 0) {
 		e = errno;
 	} else {
 		e = md_copy_file(txn, i, tmp, &op);
-		close(tmp);
+		md_close_sub(tmp);
 	}
 	if (e != 0)
 		md_box_fail(txn, i, op, e);
@@ -581,11 +632,10 @@ static void md_finish(struct md_txn *txn)
 		struct md_box *box = &txn->boxes[i];
 		if (md_placed[i] && box->result != MD_OK)
 			unlinkat(md_new_fd[i], md_final, 0);
-		if (md_new_fd[i] >= 0)
-			close(md_new_fd[i]);
+		md_close_sub(md_new_fd[i]);
 		md_new_fd[i] = -1;
 		md_placed[i] = false;
-		snprintf(box->file, sizeof box->file, "%s", box->result == MD_OK ? md_final : "");
+		text_copy(box->file, sizeof box->file, box->result == MD_OK ? md_final : "");
 	}
 	md_abort(txn); /* the spool, if it is still in tmp/ */
 }
@@ -593,9 +643,12 @@ static void md_finish(struct md_txn *txn)
 /* Every box in new/, or in SMTP nothing more once one box has failed. */
 static void md_deliver(struct md_txn *txn, bool all_or_nothing)
 {
-	int n = snprintf(md_final, sizeof md_final, "%s,S=%llu", md_name,
-			 (unsigned long long)txn->stored_bytes);
-	if (n < 0 || (size_t)n >= sizeof md_final) {
+	struct text final = text_on(md_final, sizeof md_final);
+
+	text_add(&final, md_name);
+	text_add(&final, ",S=");
+	text_add_num(&final, txn->stored_bytes, 0);
+	if (final.cut) {
 		md_fail_all(txn, "file name", EOVERFLOW);
 		return;
 	}
@@ -641,8 +694,7 @@ void md_abort(struct md_txn *txn)
 	if (md_spool_in_tmp)
 		unlinkat(md_spool_tmp, md_name, 0);
 	md_spool_in_tmp = false;
-	if (md_spool_tmp >= 0)
-		close(md_spool_tmp);
+	md_close_sub(md_spool_tmp);
 	md_spool_tmp = -1;
 }
 

@@ -6,7 +6,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -269,25 +268,32 @@ static void reply_text(struct session *s, const char *text, size_t len)
 	s->out_len += len + 2;
 }
 
-static void replyf(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void replyf(struct session *s, const char *fmt, ...)
+/* A reply of fixed text around one variable piece, such as our host name or a number. */
+static void reply_around(struct session *s, const char *head, const char *middle, const char *tail)
 {
 	char line[LINE_MAX_OCTETS];
-	va_list ap;
+	struct text t = text_on(line, sizeof line);
 
-	va_start(ap, fmt);
-	int n = vsnprintf(line, sizeof line, fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		reply_text(s, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+	text_add(&t, head);
+	text_add(&t, middle);
+	text_add(&t, tail);
+	reply_text(s, line, t.len);
+}
+
+static void reply_around_num(struct session *s, const char *head, uint64_t n, const char *tail)
+{
+	char digits[24];
+	struct text t = text_on(digits, sizeof digits);
+
+	text_add_num(&t, n, 0);
+	reply_around(s, head, digits, tail);
 }
 
 static void reply(struct session *s, enum reply_id id)
 {
 	reply_text(s, replies[id].text, strlen(replies[id].text));
 	if (replies[id].bad && ++s->bad_commands >= MAX_BAD_COMMANDS) {
-		replyf(s, "421 4.7.0 %s Too many errors, closing", s->cfg->hostname);
+		reply_around(s, "421 4.7.0 ", s->cfg->hostname, " Too many errors, closing");
 		end_session(s, EXIT_DROPPED, "too many errors");
 	}
 }
@@ -311,7 +317,8 @@ static bool fill_in(struct session *s)
 			continue;
 		if (ready == 0) {
 			if (s->greeted)
-				replyf(s, "421 4.4.2 %s Timeout, closing", s->cfg->hostname);
+				reply_around(s, "421 4.4.2 ", s->cfg->hostname,
+					     " Timeout, closing");
 			end_session(s, EXIT_DROPPED, "timeout");
 			break;
 		}
@@ -348,7 +355,7 @@ static void set_proxy_addr(struct session *s, int family, const void *addr)
 		a += sizeof mapped;
 	}
 	if (inet_ntop(family, a, text, sizeof text) != NULL)
-		snprintf(s->cfg->client_addr, sizeof s->cfg->client_addr, "%s", text);
+		text_copy(s->cfg->client_addr, sizeof s->cfg->client_addr, text);
 }
 
 /* One v1 port: 1 to 5 digits, at most 65535. */
@@ -763,36 +770,70 @@ static void count_size(struct session *s, uint64_t n)
 		data_fail(s, RPL_TOO_BIG);
 }
 
-static void format_date(char *buf, size_t size)
+/* RFC 5322's date in UTC, as qmail writes it: the same on every host of a cluster, whatever TZ
+ * the launcher passes. By hand, because gmtime_r() still reads the time zone file; the civil
+ * date comes from days since 1970 by H. Hinnant's civil_from_days (proleptic Gregorian). */
+static void add_date(struct text *t)
 {
-	time_t t = time(NULL);
-	struct tm tm;
+	static const char week[7][4] = { "Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed" };
+	static const char months[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+					    "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	long long now = (long long)time(NULL), secs = now % 86400, days = now / 86400;
 
-	if (localtime_r(&t, &tm) == NULL ||
-	    strftime(buf, size, "%a, %d %b %Y %H:%M:%S %z", &tm) == 0)
-		snprintf(buf, size, "Thu, 01 Jan 1970 00:00:00 +0000");
+	if (secs < 0)
+		secs += 86400, days--;
+	int weekday = (int)(((days % 7) + 7) % 7); /* 1970-01-01 was a Thursday */
+	long long z = days + 719468, era = (z >= 0 ? z : z - 146096) / 146097;
+	long long doe = z - era * 146097;                                      /* [0, 146096] */
+	long long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365; /* [0, 399] */
+	long long doy = doe - (365 * yoe + yoe / 4 - yoe / 100);               /* [0, 365] */
+	long long mp = (5 * doy + 2) / 153;                                    /* March is 0 */
+	int mday = (int)(doy - (153 * mp + 2) / 5 + 1), month = (int)(mp < 10 ? mp + 2 : mp - 10);
+	long long year = yoe + era * 400 + (month < 2);
+
+	text_add(t, week[weekday]);
+	text_add(t, ", ");
+	text_add_num(t, (unsigned long long)mday, 2);
+	text_add(t, " ");
+	text_add(t, months[month]);
+	text_add(t, " ");
+	text_add_num(t, (unsigned long long)(year > 0 ? year : 0), 4);
+	text_add(t, " ");
+	text_add_num(t, (unsigned long long)(secs / 3600), 2);
+	text_add(t, ":");
+	text_add_num(t, (unsigned long long)(secs / 60 % 60), 2);
+	text_add(t, ":");
+	text_add_num(t, (unsigned long long)(secs % 60), 2);
+	text_add(t, " +0000");
 }
 
 /* Return-Path: and Received: (RFC 5321 4.4), written before the message's first octet. */
 static void start_message(struct session *s)
 {
-	char date[64], from[HELO_MAX + ADDR_TEXT_MAX + 16];
 	const char *a = s->cfg->client_addr;
-
 	/* RFC 6531 3.7.3: the "with" word says when the transaction used SMTPUTF8. */
 	const char *with = !s->smtputf8 ? s->protocol : s->cfg->lmtp ? "UTF8LMTP" : "UTF8SMTP";
+	struct text t = text_on((char *)s->chunk, DATA_CHUNK);
 
-	format_date(date, sizeof date);
-	if (*a == '\0')
-		snprintf(from, sizeof from, "%s", s->helo);
-	else
-		snprintf(from, sizeof from, "%s ([%s%s])", s->helo, strchr(a, ':') ? "IPv6:" : "",
-			 a);
-	int n = snprintf(
-		(char *)s->chunk, DATA_CHUNK,
-		"Return-Path: <%s>\nReceived: from %s\n\tby %s (smtpd) with %s id %s;\n\t%s\n",
-		s->sender, from, s->cfg->hostname, with, s->md.id, date);
-	s->chunk_len = s->prefix_len = (size_t)(n > 0 ? n : 0);
+	text_add(&t, "Return-Path: <");
+	text_add(&t, s->sender);
+	text_add(&t, ">\nReceived: from ");
+	text_add(&t, s->helo);
+	if (*a != '\0') {
+		text_add(&t, strchr(a, ':') ? " ([IPv6:" : " ([");
+		text_add(&t, a);
+		text_add(&t, "])");
+	}
+	text_add(&t, "\n\tby ");
+	text_add(&t, s->cfg->hostname);
+	text_add(&t, " (smtpd) with ");
+	text_add(&t, with);
+	text_add(&t, " id ");
+	text_add(&t, s->md.id);
+	text_add(&t, ";\n\t");
+	add_date(&t);
+	text_add(&t, "\n");
+	s->chunk_len = s->prefix_len = t.len;
 	s->first_line = FIRST_UNDECIDED;
 	s->in_header = s->at_line_start = true;
 	s->header_match = 0;
@@ -826,19 +867,27 @@ static void reset_transaction(struct session *s)
 
 static void log_delivery(struct session *s)
 {
-	char line[1536] = "";
-	size_t len = 0;
+	char line[LOG_LINE_MAX];
+	struct text t = text_on(line, sizeof line);
 
-	for (size_t i = 0; i < s->rcpt_count && len < sizeof line; i++) {
+	text_add(&t, "delivered id=");
+	text_add(&t, s->md.id);
+	text_add(&t, " from=<");
+	text_add(&t, s->sender);
+	text_add(&t, "> size=");
+	text_add_num(&t, s->md.stored_bytes, 0);
+	for (size_t i = 0; i < s->rcpt_count && !t.cut; i++) {
 		struct md_box *box = &s->md.boxes[s->rcpts[i].box];
 		if (box->result != MD_OK)
 			continue;
-		int n = snprintf(line + len, sizeof line - len, " to=<%s> file=%s/new/%s",
-				 s->rcpts[i].addr, box->path, box->file);
-		len += n > 0 ? (size_t)n : 0;
+		text_add(&t, " to=<");
+		text_add(&t, s->rcpts[i].addr);
+		text_add(&t, "> file=");
+		text_add(&t, box->path);
+		text_add(&t, "/new/");
+		text_add(&t, box->file);
 	}
-	log_line("delivered id=%s from=<%s> size=%llu%s", s->md.id, s->sender,
-		 (unsigned long long)s->md.stored_bytes, line);
+	log_text(line);
 }
 
 /* After the last octet: the reply, or in LMTP one reply per recipient (RFC 2033 4.2). */
@@ -856,7 +905,7 @@ static void finish_message(struct session *s)
 	for (size_t i = 0; i < (s->cfg->lmtp ? s->rcpt_count : 1); i++) {
 		enum md_result r = s->md.boxes[s->rcpts[i].box].result;
 		if (s->txn_error == RPL_NONE && r == MD_OK)
-			replyf(s, "250 2.0.0 %s delivered", s->md.id);
+			reply_around(s, "250 2.0.0 ", s->md.id, " delivered");
 		else
 			reply(s, s->txn_error != RPL_NONE ? s->txn_error : md_replies[r]);
 	}
@@ -1008,8 +1057,7 @@ static void bdat_chunk_done(struct session *s)
 		if (s->txn_error != RPL_NONE)
 			reply(s, s->txn_error);
 		else
-			replyf(s, "250 2.0.0 %llu octets received",
-			       (unsigned long long)s->msg_size);
+			reply_around_num(s, "250 2.0.0 ", s->msg_size, " octets received");
 		return;
 	}
 	if (s->bdat_cr_pending) {
@@ -1070,12 +1118,12 @@ static void greet_client(struct session *s, char *arg, const char *protocol, boo
 	s->extended = extended;
 	s->state = ST_READY;
 	if (!extended) {
-		replyf(s, "250 %s", s->cfg->hostname);
+		reply_around(s, "250 ", s->cfg->hostname, "");
 		return;
 	}
-	replyf(s, "250-%s", s->cfg->hostname);
+	reply_around(s, "250-", s->cfg->hostname, "");
 	reply_text(s, "250-PIPELINING", 14);
-	replyf(s, "250-SIZE %llu", (unsigned long long)s->cfg->max_size);
+	reply_around_num(s, "250-SIZE ", s->cfg->max_size, "");
 	reply_text(s, "250-8BITMIME", 12);
 	reply_text(s, "250-ENHANCEDSTATUSCODES", 23);
 	reply_text(s, "250-SMTPUTF8", 12);
@@ -1222,7 +1270,7 @@ static void h_mail(struct session *s, char *arg)
 		reply(s, r);
 		return;
 	}
-	snprintf(s->sender, sizeof s->sender, "%s", a.text);
+	text_copy(s->sender, sizeof s->sender, a.text);
 	s->state = ST_MAIL;
 	reply(s, RPL_MAIL_OK);
 }
@@ -1259,7 +1307,7 @@ static void h_rcpt(struct session *s, char *arg)
 		return;
 	}
 	struct rcpt *rc = &s->rcpts[s->rcpt_count++];
-	snprintf(rc->addr, sizeof rc->addr, "%s", a.text);
+	text_copy(rc->addr, sizeof rc->addr, a.text);
 	rc->box = box;
 	s->state = ST_RCPT;
 	reply(s, RPL_RCPT_OK);
@@ -1333,7 +1381,7 @@ static void h_noop(struct session *s, char *arg)
 static void h_quit(struct session *s, char *arg)
 {
 	(void)arg;
-	replyf(s, "221 2.0.0 %s closing", s->cfg->hostname);
+	reply_around(s, "221 2.0.0 ", s->cfg->hostname, " closing");
 	end_session(s, EXIT_QUIT, "quit");
 }
 
@@ -1498,12 +1546,27 @@ static bool step(struct session *s)
 
 static void log_session(struct session *s)
 {
-	double seconds = (double)(now_ms() - s->started_ms) / 1000.0;
+	long long ms = now_ms() - s->started_ms;
+	char line[LOG_LINE_MAX];
+	struct text t = text_on(line, sizeof line);
 
-	log_line("session client=%s helo=%s messages=%lu recipients=%lu bytes=%llu end=%s "
-		 "seconds=%.3f",
-		 s->cfg->client_addr[0] ? s->cfg->client_addr : "-", s->helo[0] ? s->helo : "-",
-		 s->messages, s->recipients, (unsigned long long)s->bytes, s->end_reason, seconds);
+	text_add(&t, "session client=");
+	text_add(&t, s->cfg->client_addr[0] ? s->cfg->client_addr : "-");
+	text_add(&t, " helo=");
+	text_add(&t, s->helo[0] ? s->helo : "-");
+	text_add(&t, " messages=");
+	text_add_num(&t, s->messages, 0);
+	text_add(&t, " recipients=");
+	text_add_num(&t, s->recipients, 0);
+	text_add(&t, " bytes=");
+	text_add_num(&t, s->bytes, 0);
+	text_add(&t, " end=");
+	text_add(&t, s->end_reason ? s->end_reason : "-");
+	text_add(&t, " seconds=");
+	text_add_num(&t, (unsigned long long)(ms > 0 ? ms : 0) / 1000, 0);
+	text_add(&t, ".");
+	text_add_num(&t, (unsigned long long)(ms > 0 ? ms : 0) % 1000, 3);
+	log_text(line);
 }
 
 int smtp_session(struct config *cfg)
@@ -1527,7 +1590,7 @@ int smtp_session(struct config *cfg)
 	if (cfg->proxy && !read_proxy_header(s)) {
 		end_session(s, EXIT_DROPPED, "bad PROXY header");
 	} else {
-		replyf(s, "220 %s %s smtpd", cfg->hostname, cfg->lmtp ? "LMTP" : "ESMTP");
+		reply_around(s, "220 ", cfg->hostname, cfg->lmtp ? " LMTP smtpd" : " ESMTP smtpd");
 		s->greeted = true;
 	}
 	while (!s->done)

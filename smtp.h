@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #define SMTPD_VERSION "1.0.0"
@@ -25,6 +26,7 @@ enum {
 	DATA_CHUNK = 131072,   /* message bytes gathered before one write(2) */
 	MD_PATH_MAX = 1024,    /* an expanded template, or the -m argument */
 	ADDR_TEXT_MAX = 64,    /* a client address as text */
+	LOG_LINE_MAX = 2048,   /* one log line, without the "smtpd[pid]: " */
 	MSG_ID_MAX = 64,       /* message id, and the file name base without host */
 };
 
@@ -54,11 +56,66 @@ struct config {
 	char client_addr[ADDR_TEXT_MAX]; /* "" when unknown (a pipe) */
 };
 
+/* Text appended piece by piece into a fixed array, as qmail's fmt_* do: the per-message path
+ * uses it where snprintf's format parsing would cost more than the rest of the work. It never
+ * writes past size, always ends in a NUL, and a piece that does not fit is cut and sets cut. */
+struct text {
+	char *buf;
+	size_t size, len; /* size >= 1; len < size */
+	bool cut;
+};
+
+static inline struct text text_on(char *buf, size_t size)
+{
+	buf[0] = '\0';
+	return (struct text){ buf, size, 0, false };
+}
+
+static inline void text_add_n(struct text *t, const char *s, size_t n)
+{
+	size_t room = t->size - 1 - t->len;
+
+	if (n > room)
+		n = room, t->cut = true;
+	memcpy(t->buf + t->len, s, n);
+	t->len += n;
+	t->buf[t->len] = '\0';
+}
+
+static inline void text_add(struct text *t, const char *s)
+{
+	text_add_n(t, s, strlen(s));
+}
+
+/* In decimal, with leading zeros up to width digits. */
+static inline void text_add_num(struct text *t, unsigned long long n, size_t width)
+{
+	char digits[20]; /* 2^64 - 1 has 20 */
+	size_t i = sizeof digits;
+
+	do
+		digits[--i] = (char)('0' + n % 10);
+	while ((n /= 10) != 0);
+	while (i > 0 && sizeof digits - i < width)
+		digits[--i] = '0';
+	text_add_n(t, digits + i, sizeof digits - i);
+}
+
+/* The whole of src into dst, or false when it had to be cut. */
+static inline bool text_copy(char *dst, size_t size, const char *src)
+{
+	struct text t = text_on(dst, size);
+
+	text_add(&t, src);
+	return !t.cut;
+}
+
 /* session.c: runs one whole session on fds 0 and 1; returns the exit status. */
 int smtp_session(struct config *cfg);
 
-/* smtpd.c: one log line, to syslog or to stderr (see smtpd.c). */
+/* smtpd.c: one log line, to syslog or to stderr (see smtpd.c); log_text takes it made. */
 void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_text(const char *line);
 
 /* mailbox.c: recipients to Maildirs, and durable delivery into them. */
 enum md_result {

@@ -21,7 +21,8 @@ static const char usage_text[] = "usage: smtpd [-Lp] [-h hostname] [-m template]
 				 "[-s max_bytes] [-t seconds] [-T seconds] | smtpd -V";
 
 static bool log_to_syslog;
-static long log_pid; /* glibc asks the kernel on every getpid(): once is enough */
+static char log_prefix[32]; /* "smtpd[<pid>]: ", made once */
+static size_t log_prefix_len;
 static char default_template[MD_PATH_MAX];
 static char host_buf[HELO_MAX + 1];
 
@@ -38,22 +39,36 @@ static _Noreturn void die_usage(const char *what, const char *detail)
 	exit(EXIT_USAGE);
 }
 
+/* One write per line, so that lines of concurrent sessions sharing a log never interleave. */
+void log_text(const char *line)
+{
+	char buf[LOG_LINE_MAX + sizeof log_prefix];
+	struct text t = text_on(buf, sizeof buf - 1); /* the last byte is for the newline */
+
+	text_add_n(&t, log_prefix, log_prefix_len);
+	text_add(&t, line);
+	/* Log lines carry client text: nothing below a space gets through. */
+	for (size_t i = log_prefix_len; i < t.len; i++)
+		if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f)
+			buf[i] = '?';
+	if (log_to_syslog) {
+		syslog(LOG_MAIL | LOG_INFO, "%s", buf + log_prefix_len);
+		return;
+	}
+	buf[t.len] = '\n';
+	/* A failed write is not retried: when stderr is gone there is nowhere to say so. */
+	(void)!write(2, buf, t.len + 1);
+}
+
 void log_line(const char *fmt, ...)
 {
-	char line[2048];
+	char line[LOG_LINE_MAX];
 	va_list ap;
 
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof line, fmt, ap);
 	va_end(ap);
-	/* Log lines carry client text: nothing below a space gets through. */
-	for (char *p = line; *p; p++)
-		if ((unsigned char)*p < 0x20 || *p == 0x7f)
-			*p = '?';
-	if (log_to_syslog)
-		syslog(LOG_MAIL | LOG_INFO, "%s", line);
-	else
-		fprintf(stderr, "smtpd[%ld]: %s\n", log_pid, line);
+	log_text(line);
 }
 
 /* Under inetd and xinetd fd 2 is the client's socket: a log line there would enter the SMTP
@@ -219,8 +234,8 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGXFSZ, SIG_IGN);
 	umask(077);
-	tzset();
-	log_pid = (long)getpid();
+	int n = snprintf(log_prefix, sizeof log_prefix, "smtpd[%ld]: ", (long)getpid());
+	log_prefix_len = n > 0 && (size_t)n < sizeof log_prefix ? (size_t)n : 0;
 	log_to_syslog = !stderr_is_private();
 	if (log_to_syslog)
 		openlog("smtpd", LOG_PID, LOG_MAIL);

@@ -361,6 +361,47 @@ smuggle_session() {
 	[ "$(stat -c %a "$f")" = 600 ]
 }
 
+@test "stored file: the Received date is in UTC (+0000) whatever TZ says, right across calendars" {
+	command -v faketime >/dev/null || skip "faketime is not installed"
+	ldd "$SMTPD" >/dev/null 2>&1 || skip "a static binary: faketime's preload cannot reach its clock"
+	local t want
+	# the epoch, a leap day, the day after a non-leap century, 2^31 s, a Sunday at 23:59
+	export TZ=IST-5:30 # faketime reads its start in TZ too
+	for t in 0 951782400 4107542400 2147483648 1795996740; do
+		rm -rf "$MD"
+		faketime -f "@$(date -d "@$t" '+%Y-%m-%d %H:%M:%S')" "$SMTPD" -h test.example -m "$MD" \
+			< <(printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n') >/dev/null 2>&1
+		want=$(date -u -d "@$t" '+%a, %d %b %Y %H:%M:%S +0000')
+		# faketime's clock keeps running from the start it is given: allow its first seconds
+		sed -n 4p "$MD"/new/* | grep -qE "^	${want%:*}:0[0-9] \+0000$"
+	done
+}
+
+# system calls of one catch-all session of $1 messages: "<opens> <stats>"
+count_file_calls() {
+	local i
+	{
+		printf 'EHLO c\r\n'
+		for i in $(seq "$1"); do printf 'MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nhi\r\n.\r\n'; done
+		printf 'QUIT\r\n'
+	} >"$T/in$1"
+	ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" strace -f -o "$T/trace$1" \
+		-e trace=openat,open,stat,lstat,fstat,newfstatat,statx "$SMTPD" -m "$MD" <"$T/in$1" >/dev/null 2>&1
+	[ "$(ls "$MD/new" | wc -l)" -eq "$1" ]
+	rm -rf "$MD"
+	echo "$(grep -cE '^[0-9]+ +open(at)?\(' "$T/trace$1") $(grep -cE '^[0-9]+ +(new)?f?l?stat(x|at)?\(' "$T/trace$1")"
+}
+
+@test "stored file: a further message to the catch-all opens its file and nothing else (strace)" {
+	command -v strace >/dev/null || skip "strace is not installed"
+	local one ten
+	one=$(count_file_calls 1)
+	ten=$(count_file_calls 10)
+	echo "one message: $one, ten: $ten (opens, stats)" >&2
+	[ "${ten% *}" -eq $((${one% *} + 9)) ]
+	[ "${ten#* }" -eq "${one#* }" ]
+}
+
 @test "stored file: HELO gives 'with SMTP'; a message without a header gets an empty line first" {
 	run_smtpd "HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\njust text, no header\r\n.\r\nQUIT\r\n" -m "$MD"
 	local f
