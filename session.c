@@ -473,7 +473,9 @@ static bool read_proxy_header(struct session *s)
 
 static bool is_atext(unsigned c)
 {
-	return is_alpha(c) || is_digit(c) || c >= 0x80 || strchr("!#$%&'*+-/=?^_`{|}~", (int)c);
+	/* strchr() finds the NUL that ends its set: c == 0 must be ruled out first */
+	return is_alpha(c) || is_digit(c) || c >= 0x80 ||
+	       (c != 0 && strchr("!#$%&'*+-/=?^_`{|}~", (int)c) != NULL);
 }
 
 /* RFC 3629 UTF-8: no overlongs, no surrogates, nothing past U+10FFFF. */

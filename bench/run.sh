@@ -154,6 +154,14 @@ FLOOR=$T/floor
 GEN=$T/gen
 cc -O2 -o "$FLOOR" "$top/bench/floor.c" || die "cc bench/floor.c"
 cc -O2 -o "$GEN" "$top/bench/gen.c" || die "cc bench/gen.c"
+FLOOR_STATIC=$T/floor-static
+if $have_static; then # built the way the Makefile builds smtpd-static
+	if command -v musl-gcc >/dev/null; then
+		musl-gcc -static -Os -s -o "$FLOOR_STATIC" "$top/bench/floor.c"
+	else
+		cc -static -Os -s -o "$FLOOR_STATIC" "$top/bench/floor.c"
+	fi || die "static bench/floor.c"
+fi
 
 # ---------------------------------------------------------------- helpers
 median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
@@ -191,6 +199,7 @@ prog_cmd() {
 	smtpd) echo "$SMTPD -h $HOSTNAME_ARG $size-m $2" ;;
 	smtpd-static) echo "$STATIC -h $HOSTNAME_ARG $size-m $2" ;;
 	floor) echo "$FLOOR $2" ;;
+	floor-static) echo "$FLOOR_STATIC $2" ;;
 	esac
 }
 
@@ -321,6 +330,7 @@ echo
 progs=(smtpd)
 $have_static && progs+=(smtpd-static)
 progs+=(floor)
+$have_static && progs+=(floor-static)
 
 transcript 0 0 >"$T/none.txt"
 transcript 1 2048 >"$T/one.txt"
@@ -342,13 +352,22 @@ echo "### Instructions (valgrind --tool=callgrind, whole process from exec to ex
 echo
 echo "One session piped in: EHLO, then per message MAIL, RCPT, DATA and 2 KiB of text, then QUIT."
 echo
-echo "| program | session without a message | 1-message session | each further message (from a 10-message session) |"
-echo "| --- | ---: | ---: | ---: |"
+echo "| program | session without a message | 1-message session | 1-message / its floor's | each further message (from a 10-message session) |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+declare -A none_ir one_ir ten_ir
 for p in "${progs[@]}"; do
-	none=$(callgrind_ir "$p" "$T/none.txt" 0)
-	one=$(callgrind_ir "$p" "$T/one.txt" 1)
-	ten=$(callgrind_ir "$p" "$T/ten.txt" 10)
-	echo "| $p | $none | $one | $(awk -v a="$one" -v b="$ten" 'BEGIN {printf "%d", (b - a) / 9}') |"
+	none_ir[$p]=$(callgrind_ir "$p" "$T/none.txt" 0)
+	one_ir[$p]=$(callgrind_ir "$p" "$T/one.txt" 1)
+	ten_ir[$p]=$(callgrind_ir "$p" "$T/ten.txt" 10)
+done
+for p in "${progs[@]}"; do
+	case $p in
+	smtpd) vs=$(ratio "${one_ir[$p]}" "${one_ir[floor]}") ;;
+	smtpd-static) vs=$(ratio "${one_ir[$p]}" "${one_ir[floor-static]}") ;;
+	*) vs="-" ;;
+	esac
+	each=$(awk -v a="${one_ir[$p]}" -v b="${ten_ir[$p]}" 'BEGIN {printf "%d", (b - a) / 9}')
+	echo "| $p | ${none_ir[$p]} | ${one_ir[$p]} | $vs | $each |"
 done
 echo
 

@@ -169,6 +169,15 @@ GREETING='220 test.example ESMTP smtpd'
 		'501 5.1.3 Bad recipient address syntax' '250 2.1.5 Ok' '221 2.0.0 test.example closing'
 }
 
+@test "paths: an address cut at the line end is refused, whatever an earlier line left in memory" {
+	# The NOOP leaves "stale@y.example>" where the next line's text ends; the parser once read
+	# past that end (strchr() matched the NUL) and took "<ab" for <ab@y.example>. Found by fuzzing.
+	run_smtpd "HELO c\r\nMAIL FROM:<a@x.example>\r\nNOOP qqqqqqqstale@y.example>\r\nRCPT TO:<ab\r\nRCPT TO:<a.b\r\nRCPT TO:<\"ab\"\r\nQUIT\r\n" -m "$MD"
+	expect_replies "$GREETING" '250 test.example' '250 2.1.0 Ok' '250 2.0.0 Ok' \
+		'501 5.1.3 Bad recipient address syntax' '501 5.1.3 Bad recipient address syntax' \
+		'501 5.1.3 Bad recipient address syntax' '221 2.0.0 test.example closing'
+}
+
 @test "limits: a 512-octet command line is taken, 513 gets 500 5.5.2 and the session goes on" {
 	local pad510 pad511
 	pad510=$(printf 'x%.0s' $(seq 505))
