@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,6 +151,7 @@ struct session {
 	enum input_mode input;
 	enum line_ends ends;
 	bool done, greeted, extended;
+	bool fd_not_socket[2]; /* fd 0 or 1 said ENOTSOCK: poll() before every read or write */
 	int exit_status;
 	const char *end_reason;
 	unsigned bad_commands;
@@ -234,20 +236,61 @@ static void end_session(struct session *s, int status, const char *reason)
 
 /* ---- output: replies are gathered and written when the reader is about to wait ---- */
 
+/* On a socket, one try without waiting: MSG_DONTWAIT makes this call alone non-blocking,
+ * leaving the file's flags, which the launcher may share, as they are. When data or room is
+ * there already, which is the rule in a busy session, that spares a poll() per read and
+ * write. Returns -1 with errno EAGAIN when the caller must poll() first. */
+static ssize_t try_io(struct session *s, int fd, void *buf, size_t len)
+{
+	if (!s->fd_not_socket[fd]) {
+		ssize_t n = fd == 0 ? recv(0, buf, len, MSG_DONTWAIT)
+				    : send(1, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n >= 0 || errno != ENOTSOCK)
+			return n < 0 && errno == EWOULDBLOCK ? (errno = EAGAIN, -1) : n;
+		s->fd_not_socket[fd] = true;
+	}
+	errno = EAGAIN;
+	return -1;
+}
+
+/* Waits until fd is ready, or returns 0 when it is not by the idle or whole-session deadline. */
+static int wait_ready(struct session *s, int fd)
+{
+	struct pollfd pfd = { .fd = fd, .events = fd == 0 ? POLLIN : POLLOUT };
+	int ready;
+
+	do
+		ready = poll(&pfd, 1, ms_left(s));
+	while (ready < 0 && errno == EINTR);
+	return ready;
+}
+
+/* One read or write of at most len bytes; -1 with errno ETIMEDOUT once a deadline passed.
+ * Before every read the deadline is checked, input waiting or not: a client that never
+ * pauses must still be cut at -T. A write still goes out if it can at once: the 421 that
+ * says why the session ends is one. */
+static ssize_t do_io(struct session *s, int fd, unsigned char *buf, size_t len)
+{
+	for (;;) {
+		if (fd == 0 && ms_left(s) == 0)
+			return errno = ETIMEDOUT, -1;
+		ssize_t n = try_io(s, fd, buf, len);
+		if (n < 0 && errno == EAGAIN) {
+			if (wait_ready(s, fd) <= 0)
+				return errno = ETIMEDOUT, -1;
+			n = fd == 0 ? read(0, buf, len) : write(1, buf, len);
+		}
+		if (n >= 0 || (errno != EINTR && errno != EAGAIN))
+			return n;
+	}
+}
+
 static void flush_out(struct session *s)
 {
 	size_t sent = 0;
 
 	while (sent < s->out_len) {
-		struct pollfd pfd = { .fd = 1, .events = POLLOUT };
-		int ready = poll(&pfd, 1, ms_left(s));
-		if (ready < 0 && errno == EINTR)
-			continue;
-		if (ready <= 0)
-			break;
-		ssize_t n = write(1, s->out + sent, s->out_len - sent);
-		if (n < 0 && errno == EINTR)
-			continue;
+		ssize_t n = do_io(s, 1, (unsigned char *)s->out + sent, s->out_len - sent);
 		if (n <= 0)
 			break;
 		sent += (size_t)n;
@@ -310,32 +353,24 @@ static bool fill_in(struct session *s)
 		s->in_start = 0;
 	}
 	flush_out(s);
-	while (!s->done) {
-		struct pollfd pfd = { .fd = 0, .events = POLLIN };
-		int ready = poll(&pfd, 1, ms_left(s));
-		if (ready < 0 && errno == EINTR)
-			continue;
-		if (ready == 0) {
-			if (s->greeted)
-				reply_around(s, "421 4.4.2 ", s->cfg->hostname,
-					     " Timeout, closing");
-			end_session(s, EXIT_DROPPED, "timeout");
-			break;
-		}
-		if (s->in_end == sizeof s->in)
-			return true; /* full: the caller consumes before it asks again */
-		ssize_t n = read(0, s->in + s->in_end, sizeof s->in - s->in_end);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			end_session(s, EXIT_DROPPED, n == 0 ? "client closed" : "read failed");
-			break;
-		}
-		s->in_end += (size_t)n;
-		s->last_input_ms = now_ms();
-		return true;
+	if (s->done)
+		return false;
+	if (s->in_end == sizeof s->in)
+		return true; /* full: the caller consumes before it asks again */
+	ssize_t n = do_io(s, 0, s->in + s->in_end, sizeof s->in - s->in_end);
+	if (n < 0 && errno == ETIMEDOUT) {
+		if (s->greeted)
+			reply_around(s, "421 4.4.2 ", s->cfg->hostname, " Timeout, closing");
+		end_session(s, EXIT_DROPPED, "timeout");
+		return false;
 	}
-	return false;
+	if (n <= 0) {
+		end_session(s, EXIT_DROPPED, n == 0 ? "client closed" : "read failed");
+		return false;
+	}
+	s->in_end += (size_t)n;
+	s->last_input_ms = now_ms();
+	return true;
 }
 
 /* ---- the PROXY protocol header (HAProxy's proxy-protocol.txt, v1 and v2) ---- */

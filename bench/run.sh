@@ -503,9 +503,10 @@ for p in "${progs[@]}"; do
 	smtpd) f=$SMTPD ;;
 	smtpd-static) f=$STATIC ;;
 	floor) f=$FLOOR ;;
+	floor-static) f=$FLOOR_STATIC ;;
 	esac
 	strip -o "$T/stripped" "$f"
-	echo "| $p$([ "$p" = smtpd-static ] && echo " (static)") | $(stat -c %s "$f") | $(stat -c %s "$T/stripped") |"
+	echo "| $p$(case $p in *-static) echo " (static)" ;; esac) | $(stat -c %s "$f") | $(stat -c %s "$T/stripped") |"
 done
 echo
 note "done"

@@ -472,7 +472,7 @@ count_file_calls() {
 	[ -z "$(ls "$T/elsewhere")" ]
 }
 
-@test "memory: a 50 MiB message is stored exactly, and peak RSS is no larger than for 1 KiB" {
+@test "memory: a 50 MiB message is stored exactly, and peak RSS is within 512 KiB of a 1 KiB one's" {
 	[ -x /usr/bin/time ] || skip "/usr/bin/time is not installed"
 	[[ "$SMTPD" != *-asan ]] || skip "RSS is measured on the plain build"
 	python3 - "$T" <<'EOF'
@@ -499,9 +499,9 @@ EOF
 	small=$(cat "$T/small.rss")
 	big=$(cat "$T/big.rss")
 	echo "# peak RSS: 1 KiB message ${small} KiB, 50 MiB message ${big} KiB" >&3
-	# The fixed buffers (64 KiB in, 128 KiB out) are touched whole only by a large message;
-	# beyond them nothing may grow with its size.
-	[ "$big" -le $((small + 256)) ]
+	# The fixed buffers (64 KiB in, 128 KiB out) are touched whole only by a large message, and
+	# libc's shared pages vary by up to ~150 KiB from run to run; beyond that nothing may grow.
+	[ "$big" -le $((small + 512)) ]
 }
 
 @test "real client: smtplib sends one message to two recipients through systemd-socket-activate" {

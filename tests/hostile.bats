@@ -49,6 +49,22 @@ assert_rss_under_4mib() {
 	[ $((end - start)) -le 8 ]
 }
 
+@test "a client that never pauses is still cut at -T: 421 4.4.2 within seconds, nothing stored" {
+	# A regular file is always ready to read: a deadline checked only when a wait begins would
+	# never pass. 100 GiB of (sparse) zeros as message data, far over -s, read at memory speed.
+	printf 'EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n' > "$T/in"
+	truncate -s 100G "$T/in"
+	local start end rc=0
+	start=$(date +%s%N)
+	timeout 60 "$SMTPD" -h test.example -m "$MD" -T 2 < "$T/in" > "$T/out" 2>/dev/null || rc=$?
+	end=$(date +%s%N)
+	echo "# ended after $(((end - start) / 1000000)) ms, exit $rc" >&3
+	[ "$rc" -eq 1 ]
+	[ "$(tail -n 1 "$T/out" | tr -d '\r')" = '421 4.4.2 test.example Timeout, closing' ]
+	[ $(((end - start) / 1000000)) -lt 10000 ]
+	[ -z "$(find "$MD" -type f)" ]
+}
+
 @test "a 1 GiB line with no line end: one 500 5.5.2, bounded memory, the session goes on" {
 	local size=1073741824
 	plain_build || size=134217728
