@@ -234,8 +234,11 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGXFSZ, SIG_IGN);
 	umask(077);
-	int n = snprintf(log_prefix, sizeof log_prefix, "smtpd[%ld]: ", (long)getpid());
-	log_prefix_len = n > 0 && (size_t)n < sizeof log_prefix ? (size_t)n : 0;
+	struct text prefix = text_on(log_prefix, sizeof log_prefix);
+	text_add(&prefix, "smtpd[");
+	text_add_num(&prefix, (unsigned long long)getpid(), 0);
+	text_add(&prefix, "]: ");
+	log_prefix_len = prefix.len;
 	log_to_syslog = !stderr_is_private();
 	if (log_to_syslog)
 		openlog("smtpd", LOG_PID, LOG_MAIL);
