@@ -326,6 +326,16 @@ for cell in "${CELLS[@]}"; do
 done
 echo
 
+# The head of a table with a column per program: table_head FIRST_COLUMN ITS_ALIGNMENT
+table_head() {
+	local p
+	printf '| %s |' "$1"
+	for p in "${progs[@]}"; do printf ' %s |' "$p"; done
+	printf '\n| %s |' "$2"
+	for p in "${progs[@]}"; do printf ' ---: |'; done
+	echo
+}
+
 # ---------------------------------------------------------------- instructions
 progs=(smtpd)
 $have_static && progs+=(smtpd-static)
@@ -418,12 +428,7 @@ done
 
 echo "### Peak memory (maximum RSS, /usr/bin/time -f %M), one message through a pipe"
 echo
-printf '| message |'
-for p in "${progs[@]}"; do printf ' %s |' "$p"; done
-echo
-printf '| ---: |'
-for p in "${progs[@]}"; do printf ' ---: |'; done
-echo
+table_head message ---:
 for size in 1024 52428800 "$big"; do
 	printf '| %s |' "$(human "$size")"
 	for p in "${progs[@]}"; do
@@ -469,12 +474,7 @@ for p in "${progs[@]}"; do
 done
 echo "### System calls: one session, 10 pipelined 2 KiB messages (strace -c -f, calls)"
 echo
-printf '| syscall |'
-for p in "${progs[@]}"; do printf ' %s |' "$p"; done
-echo
-printf '| --- |'
-for p in "${progs[@]}"; do printf ' ---: |'; done
-echo
+table_head syscall ---
 # every syscall any of them made, by smtpd's count, then the total
 cat "$T"/calls.* | awk '$2 != "total" {print $2}' | sort -u >"$T/names"
 while read -r name; do
