@@ -278,6 +278,8 @@ static ssize_t do_io(struct session *s, int fd, unsigned char *buf, size_t len)
 		if (n < 0 && errno == EAGAIN) {
 			if (wait_ready(s, fd) <= 0)
 				return errno = ETIMEDOUT, -1;
+			if (!s->fd_not_socket[fd])
+				continue; /* the next try cannot block, even on a short buffer */
 			n = fd == 0 ? read(0, buf, len) : write(1, buf, len);
 		}
 		if (n >= 0 || (errno != EINTR && errno != EAGAIN))

@@ -65,6 +65,36 @@ assert_rss_under_4mib() {
 	[ -z "$(find "$MD" -type f)" ]
 }
 
+@test "a client that sends but never reads is cut at -t: no write blocks past the deadline" {
+	# On a socket whose buffers are full both ways, a blocking write would wait for ever.
+	cat > "$T/stall.py" <<'PY'
+import socket, subprocess, sys, threading, time
+ours, theirs = socket.socketpair()
+for s in (ours, theirs):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+p = subprocess.Popen(sys.argv[1:], stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL)
+theirs.close()
+def flood():
+    try:
+        ours.sendall(b"EHLO c\r\n" + b"NOOP\r\n" * 200000)
+    except OSError:
+        pass
+threading.Thread(target=flood, daemon=True).start()
+start = time.monotonic()
+try:
+    rc = p.wait(timeout=30)
+except subprocess.TimeoutExpired:
+    p.kill()
+    rc = "hung"
+print(rc, round(time.monotonic() - start, 1))
+PY
+	read -r rc secs < <(timeout 60 python3 "$T/stall.py" "$SMTPD" -h test.example -m "$MD" -t 2 -T 3)
+	echo "# exit $rc after $secs s" >&3
+	[ "$rc" = 1 ]
+	awk -v s="$secs" 'BEGIN { exit !(s < 10) }'
+}
+
 @test "a 1 GiB line with no line end: one 500 5.5.2, bounded memory, the session goes on" {
 	local size=1073741824
 	plain_build || size=134217728
