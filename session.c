@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <stddef.h>
@@ -280,7 +281,10 @@ static ssize_t do_io(struct session *s, int fd, unsigned char *buf, size_t len)
 				return errno = ETIMEDOUT, -1;
 			if (!s->fd_not_socket[fd])
 				continue; /* the next try cannot block, even on a short buffer */
-			n = fd == 0 ? read(0, buf, len) : write(1, buf, len);
+			/* After POLLOUT a pipe takes PIPE_BUF octets without blocking; more may
+			 * not. */
+			n = fd == 0 ? read(0, buf, len)
+				    : write(1, buf, len < PIPE_BUF ? len : PIPE_BUF);
 		}
 		if (n >= 0 || (errno != EINTR && errno != EAGAIN))
 			return n;

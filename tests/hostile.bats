@@ -65,19 +65,28 @@ assert_rss_under_4mib() {
 	[ -z "$(find "$MD" -type f)" ]
 }
 
-@test "a client that sends but never reads is cut at -t: no write blocks past the deadline" {
-	# On a socket whose buffers are full both ways, a blocking write would wait for ever.
+@test "a client that sends but never reads is cut at -t, on a socket or a pipe: no write blocks" {
+	# With buffers full both ways, a blocking write would wait for ever: a socket, then pipes.
 	cat > "$T/stall.py" <<'PY'
-import socket, subprocess, sys, threading, time
-ours, theirs = socket.socketpair()
-for s in (ours, theirs):
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-p = subprocess.Popen(sys.argv[1:], stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL)
-theirs.close()
+import fcntl, os, socket, subprocess, sys, threading, time
+if sys.argv[1] == "socket":
+    ours, theirs = socket.socketpair()
+    for s in (ours, theirs):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    p = subprocess.Popen(sys.argv[2:], stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL)
+    theirs.close()
+    send = ours.sendall
+else:  # two pipes; the replies' one shrunk to two pages and never read
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    fcntl.fcntl(out_w, 1031, 8192)  # F_SETPIPE_SZ: two pages
+    p = subprocess.Popen(sys.argv[2:], stdin=in_r, stdout=out_w, stderr=subprocess.DEVNULL)
+    os.close(in_r), os.close(out_w)
+    send = lambda data: os.write(in_w, data) and None
 def flood():
     try:
-        ours.sendall(b"EHLO c\r\n" + b"NOOP\r\n" * 200000)
+        send(b"EHLO c\r\n" + b"NOOP\r\n" * 200000)
     except OSError:
         pass
 threading.Thread(target=flood, daemon=True).start()
@@ -89,10 +98,13 @@ except subprocess.TimeoutExpired:
     rc = "hung"
 print(rc, round(time.monotonic() - start, 1))
 PY
-	read -r rc secs < <(timeout 60 python3 "$T/stall.py" "$SMTPD" -h test.example -m "$MD" -t 2 -T 3)
-	echo "# exit $rc after $secs s" >&3
-	[ "$rc" = 1 ]
-	awk -v s="$secs" 'BEGIN { exit !(s < 10) }'
+	local kind rc secs
+	for kind in socket pipe; do
+		read -r rc secs < <(timeout 60 python3 "$T/stall.py" "$kind" "$SMTPD" -h test.example -m "$MD" -t 2 -T 3)
+		echo "# $kind: exit $rc after $secs s" >&3
+		[ "$rc" = 1 ]
+		awk -v s="$secs" 'BEGIN { exit !(s < 10) }'
+	done
 }
 
 @test "a 1 GiB line with no line end: one 500 5.5.2, bounded memory, the session goes on" {
