@@ -177,14 +177,9 @@ free_port() {
 	done
 }
 
-wait_listen() {
-	local i
-	for i in $(seq 250); do
-		ss -Hltn "sport = :$1" | grep -q LISTEN && return 0
-		sleep 0.02
-	done
-	die "nothing listening on port $1"
-}
+# x_wait_listen: the test suite's wait for a LISTEN socket, without connecting to it
+# shellcheck source=tests/pipe.bash
+. "$top/tests/pipe.bash"
 
 # A fresh, empty Maildir (floor needs one; smtpd would create it).
 fresh_maildir() {
@@ -232,7 +227,7 @@ run_cell() {
 	) &
 	tpid=$!
 	server_pids=("$tpid")
-	wait_listen "$port"
+	x_wait_listen "$port" || die "nothing listening on port $port"
 	tcp=$(children_of "$tpid")
 	tcp=${tcp%% *}
 	[ -n "$tcp" ] || die "cannot find tcpserver's PID"
