@@ -60,7 +60,7 @@ bench: smtpd smtpd-static
 	bash bench/run.sh
 
 demo: smtpd
-	@rm -rf demo
+	@rm -rf demo && mkdir demo
 	@for t in examples/*.txt; do \
 		echo "== $$t: ./smtpd -h demo.example -m ./demo/Maildir < $$t"; \
 		./smtpd -h demo.example -m ./demo/Maildir < $$t 2>/dev/null; echo; done

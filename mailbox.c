@@ -1,5 +1,11 @@
-/* mailbox.c: recipients to Maildirs, and durable delivery into them (tmp/, fsync, new/). */
-#define _POSIX_C_SOURCE 200809L
+/* mailbox.c: recipients to Maildirs, and durable delivery into them.
+ *
+ * A commit has two phases. Staging does every step that can fail on its own: the spool is
+ * fsynced, and each Maildir gets the message under one name in its tmp/ (a hard link made from
+ * the open spool, never from a name, or a copy), fsynced. Only then does publishing rename each
+ * tmp/ name into new/ and fsync new/. A failure while staging leaves nothing any reader of
+ * new/ could have seen. */
+#define _GNU_SOURCE /* O_PATH, AT_EMPTY_PATH */
 #include "smtp.h"
 
 #include <errno.h>
@@ -15,28 +21,30 @@ enum {
 	MD_NAME_MAX = 256, /* a file name in tmp/ or new/, within NAME_MAX */
 	MD_HOST_MAX = 128, /* the escaped host name in it */
 	MD_COPY_BUF = 65536,
+	MD_KEPT_BOXES = 16, /* boxes whose directory stays open from RCPT to the end */
+	MD_LINKS_MAX = 40,  /* symbolic links followed on one path, as the kernel allows */
 };
 
 #define MD_DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
-/* The catch-all Maildir, made once: it, its tmp/ and its new/ stay open for the whole
+/* The catch-all Maildir, opened once: it, its tmp/ and its new/ stay open for the whole
  * process, so that a message costs one openat() there, as few as a Maildir allows. */
 static struct {
 	char path[MD_PATH_MAX];
 	int fd, tmp_fd, new_fd;
-	dev_t dev;
-	ino_t ino;
-} md_catch = { "", -1, -1, -1, 0, 0 };
+	struct stat st;
+} md_catch = { "", -1, -1, -1, { 0 } };
 
-static char md_host[MD_HOST_MAX];      /* gethostname(), escaped, once */
-static unsigned long md_counter;       /* the Q<n> of the id */
-static unsigned long md_pid;           /* asked once: glibc asks the kernel on every getpid() */
-static char md_name[MD_NAME_MAX];      /* <id>.<host>: the spool's name in tmp/ */
-static char md_final[MD_NAME_MAX];     /* <id>.<host>,S=<size>: the name in new/ */
-static int md_spool_tmp = -1;          /* tmp/ of the spool's box */
-static bool md_spool_in_tmp;           /* the spool still has its name in tmp/ */
-static int md_new_fd[RCPT_LIMIT_MAX];  /* during md_commit: each box's new/ */
-static bool md_placed[RCPT_LIMIT_MAX]; /* during md_commit: md_final is in that new/ */
+static bool md_as_root;                   /* euid 0: files get their Maildir's owner */
+static char md_host[MD_HOST_MAX];         /* gethostname(), escaped, once */
+static unsigned long md_counter;          /* the Q<n> of the id */
+static unsigned long md_pid;              /* asked once: glibc asks the kernel on every getpid() */
+static char md_name[MD_NAME_MAX];         /* <id>.<host>: the name in every tmp/ */
+static char md_final[MD_NAME_MAX];        /* <id>.<host>,S=<size>: the name in new/ */
+static int md_spool_tmp = -1;             /* tmp/ of the spool's box */
+static bool md_spool_in_tmp;              /* the spool still has its name in tmp/ */
+static bool md_staged[RCPT_LIMIT_MAX];    /* during md_commit: md_name is in that tmp/ */
+static bool md_published[RCPT_LIMIT_MAX]; /* during md_commit: md_final is in that new/ */
 static unsigned char md_copy_buf[MD_COPY_BUF];
 
 int md_txn_init(struct md_txn *txn, size_t max_boxes)
@@ -51,6 +59,7 @@ int md_txn_init(struct md_txn *txn, size_t max_boxes)
 	if (txn->boxes == NULL)
 		return -1;
 	txn->max_boxes = max_boxes;
+	md_as_root = geteuid() == 0;
 	return 0;
 }
 
@@ -105,47 +114,48 @@ static bool md_expand(const char *tmpl, size_t tlen, const char *u, const char *
 	return true;
 }
 
-/* Finds %u and %d as md_expand sees them, so that "%%u" is never taken for a placeholder.
- * *d_end: the end of the path component holding the first %d; *d_with_u: that it holds %u. */
-static void md_scan(const char *tmpl, bool *has_u, bool *has_d, size_t *d_end, bool *d_with_u)
-{
-	bool comp_u = false, in_d = false;
+/* Where %u and %d are, as md_expand sees them, so that "%%u" is never taken for a placeholder. */
+struct md_shape {
+	bool has_u, has_d;
+	size_t d_end;     /* the end of the path component holding the first %d */
+	bool d_with_u;    /* that component holds %u too */
+	size_t fixed_end; /* the end of the last component before the first placeholder */
+};
 
-	*has_u = *has_d = *d_with_u = false;
-	*d_end = 0;
+static struct md_shape md_scan(const char *tmpl)
+{
+	struct md_shape sh = { false, false, 0, false, 0 };
+	bool comp_u = false, in_d = false;
+	size_t comp_start = 0;
+
 	for (size_t i = 0;; i++) {
 		if (tmpl[i] == '\0' || tmpl[i] == '/') {
 			if (in_d)
-				*d_end = i, *d_with_u = comp_u, in_d = false;
+				sh.d_end = i, sh.d_with_u = comp_u, in_d = false;
+			if (!sh.has_u && !sh.has_d)
+				sh.fixed_end = i;
 			if (tmpl[i] == '\0')
-				return;
+				return sh;
 			comp_u = false;
+			comp_start = i + 1;
 		} else if (tmpl[i] == '%' &&
 			   (tmpl[i + 1] == 'u' || tmpl[i + 1] == 'd' || tmpl[i + 1] == '%')) {
 			i++;
+			if (tmpl[i] != '%' && !sh.has_u && !sh.has_d)
+				sh.fixed_end = comp_start > 0 ? comp_start - 1 : 0;
 			comp_u |= tmpl[i] == 'u';
-			*has_u |= tmpl[i] == 'u';
-			in_d |= tmpl[i] == 'd' && !*has_d;
-			*has_d |= tmpl[i] == 'd';
+			sh.has_u |= tmpl[i] == 'u';
+			in_d |= tmpl[i] == 'd' && !sh.has_d;
+			sh.has_d |= tmpl[i] == 'd';
 		}
 	}
 }
 
-/* ---- recipients ---- */
+/* ---- opening Maildirs ---- */
 
-/* 1 when fd is a Maildir with real tmp/ and new/, 0 when it is not, -1 (errno) when unsure. */
-static int md_is_maildir(int fd)
+static bool md_missing(int e)
 {
-	static const char *const subs[] = { "tmp", "new" };
-	struct stat st;
-
-	for (size_t i = 0; i < 2; i++) {
-		if (fstatat(fd, subs[i], &st, AT_SYMLINK_NOFOLLOW) != 0)
-			return errno == ENOENT || errno == ENOTDIR ? 0 : -1;
-		if (!S_ISDIR(st.st_mode))
-			return 0;
-	}
-	return 1;
+	return e == ENOENT || e == ENOTDIR || e == ENAMETOOLONG;
 }
 
 /* At RCPT, running out of fds means too many Maildirs: 452 4.5.3 asks for the rest later. */
@@ -156,23 +166,122 @@ static enum md_result md_errno_result(int e)
 	return e == ENOSPC || e == EDQUOT || e == EFBIG ? MD_FULL : MD_TEMP;
 }
 
-static bool md_missing(int e)
+static int md_walk(int at, const char *path, uid_t *owners, size_t *links);
+
+/* One symbolic link, held by an O_PATH fd so that what is read is what was checked. */
+static int md_follow(int at, int link_fd, const struct stat *st, uid_t *owners, size_t *links)
 {
-	return e == ENOENT || e == ENOTDIR || e == ENAMETOOLONG;
+	char target[MD_PATH_MAX];
+	ssize_t n = readlinkat(link_fd, "", target, sizeof target);
+
+	if (n < 0 || (size_t)n >= sizeof target)
+		return n < 0 ? -1 : (errno = ENAMETOOLONG, -1);
+	target[n] = '\0';
+	if (*links >= MD_LINKS_MAX)
+		return errno = ELOOP, -1;
+	owners[(*links)++] = st->st_uid;
+	return md_walk(at, target, owners, links);
+}
+
+/* The next component, opened without following it; a link is followed by md_follow. */
+static int md_step(int at, const char *name, uid_t *owners, size_t *links)
+{
+	struct stat st;
+	int fd = openat(at, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) != 0 || !(S_ISLNK(st.st_mode) || S_ISDIR(st.st_mode))) {
+		close(fd);
+		return errno = ENOTDIR, -1;
+	}
+	if (!S_ISLNK(st.st_mode))
+		return fd;
+	int next = md_follow(at, fd, &st, owners, links), e = errno;
+	close(fd);
+	return errno = e, next;
+}
+
+/* Resolves path component by component from the directory at, noting who owns each link. */
+static int md_walk(int at, const char *path, uid_t *owners, size_t *links)
+{
+	char name[MD_PATH_MAX];
+	int dir = openat(*path == '/' ? AT_FDCWD : at, *path == '/' ? "/" : ".",
+			 O_PATH | O_DIRECTORY | O_CLOEXEC);
+
+	while (dir >= 0 && *path != '\0') {
+		size_t len = strcspn(path += strspn(path, "/"), "/");
+		if (len == 0)
+			break;
+		if (len >= sizeof name) {
+			close(dir);
+			return errno = ENAMETOOLONG, -1;
+		}
+		memcpy(name, path, len);
+		name[len] = '\0';
+		path += len;
+		int next = md_step(dir, name, owners, links), e = errno;
+		close(dir);
+		dir = next;
+		errno = e;
+	}
+	return dir;
+}
+
+/* As root, a user who owns a directory on a Maildir's path could point a link at another
+ * user's Maildir, or anywhere. A link is followed only where root or the Maildir's owner owns
+ * it; every other component is the kernel's to resolve, as it is for anyone. */
+static int md_open_dir(const char *path)
+{
+	if (!md_as_root)
+		return open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	uid_t owners[MD_LINKS_MAX];
+	size_t links = 0;
+	struct stat st;
+	int at = md_walk(AT_FDCWD, path, owners, &links);
+	if (at < 0)
+		return -1;
+	int fd = openat(at, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), e = errno;
+	close(at);
+	if (fd < 0 || fstat(fd, &st) != 0)
+		return fd < 0 ? (errno = e, -1) : (close(fd), -1);
+	for (size_t i = 0; i < links; i++) {
+		if (owners[i] != 0 && owners[i] != st.st_uid) {
+			close(fd);
+			return errno = EPERM, -1;
+		}
+	}
+	return fd;
+}
+
+/* 1 when fd is a Maildir with real tmp/ and new/, 0 when it is not, -1 (errno) when it is
+ * unusable: as root, a tmp/ or new/ of another owner than the Maildir's. */
+static int md_is_maildir(int fd, const struct stat *dir)
+{
+	static const char *const subs[] = { "tmp", "new" };
+	struct stat st;
+
+	for (size_t i = 0; i < 2; i++) {
+		if (fstatat(fd, subs[i], &st, AT_SYMLINK_NOFOLLOW) != 0)
+			return errno == ENOENT || errno == ENOTDIR ? 0 : -1;
+		if (!S_ISDIR(st.st_mode))
+			return 0;
+		if (md_as_root && st.st_uid != dir->st_uid)
+			return errno = EPERM, -1;
+	}
+	return 1;
 }
 
 /* Tells a missing domain from a missing user: the %d directory itself decides. */
 static enum md_result md_why_missing(const char *tmpl, const char *u, const char *d)
 {
 	char prefix[MD_PATH_MAX];
-	bool has_u, has_d, d_with_u;
-	size_t d_end;
+	struct md_shape sh = md_scan(tmpl);
 	struct stat st;
 
-	md_scan(tmpl, &has_u, &has_d, &d_end, &d_with_u);
-	if (!has_d || d_with_u)
+	if (!sh.has_d || sh.d_with_u)
 		return MD_NO_USER;
-	if (!md_expand(tmpl, d_end, u, d, prefix))
+	if (!md_expand(tmpl, sh.d_end, u, d, prefix))
 		return MD_BAD_NAME;
 	if (stat(prefix, &st) != 0)
 		return md_missing(errno) ? MD_NO_DOMAIN : md_errno_result(errno);
@@ -181,56 +290,18 @@ static enum md_result md_why_missing(const char *tmpl, const char *u, const char
 
 /* With %u or %d the file system is the user database: only an existing Maildir is a user. */
 static enum md_result md_open_user(const char *tmpl, const char *path, const char *u, const char *d,
-				   int *fd)
+				   int *fd, struct stat *st)
 {
-	*fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	*fd = md_open_dir(path);
 	if (*fd < 0)
 		return md_missing(errno) ? md_why_missing(tmpl, u, d) : md_errno_result(errno);
-	int is = md_is_maildir(*fd);
+	int is = fstat(*fd, st) == 0 ? md_is_maildir(*fd, st) : -1;
 	if (is == 1)
 		return MD_OK;
 	int e = errno;
 	close(*fd);
 	*fd = -1;
 	return is == 0 ? md_why_missing(tmpl, u, d) : md_errno_result(e);
-}
-
-static bool md_is_dir(const char *path)
-{
-	struct stat st;
-
-	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-/* Like mkdir -p, so that a fresh catch-all under a missing parent still works. */
-static int md_mkdir_p(const char *path)
-{
-	char buf[MD_PATH_MAX];
-	size_t len = strlen(path);
-
-	if (len >= sizeof buf)
-		return errno = ENAMETOOLONG, -1;
-	memcpy(buf, path, len + 1);
-	for (size_t i = 1; i <= len; i++) {
-		if ((buf[i] != '/' && buf[i] != '\0') || buf[i - 1] == '/')
-			continue;
-		char keep = buf[i];
-		buf[i] = '\0';
-		int rc = mkdir(buf, 0700), e = errno;
-		if (rc != 0 && e != EEXIST && !md_is_dir(buf))
-			return errno = e, -1;
-		buf[i] = keep;
-	}
-	return 0;
-}
-
-static int md_open_or_make(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-	if (fd >= 0 || errno != ENOENT || md_mkdir_p(path) != 0)
-		return fd;
-	return open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 }
 
 static void md_close_catch(void)
@@ -245,62 +316,72 @@ static void md_close_catch(void)
 	md_catch.path[0] = '\0';
 }
 
-/* cur/ new/ tmp/ made if missing; tmp/ and new/ opened without following a symlink. */
+/* cur/ new/ tmp/ are made only when tmp/ or new/ is missing; both are opened without
+ * following a link. */
 static int md_fill_catch(int dfd)
 {
 	static const char *const subs[] = { "cur", "new", "tmp" };
-	struct stat st;
 
-	for (size_t i = 0; i < 3; i++)
+	if (fstat(dfd, &md_catch.st) != 0)
+		return -1;
+	int is = md_is_maildir(dfd, &md_catch.st);
+	if (is < 0)
+		return -1;
+	for (size_t i = 0; is == 0 && i < 3; i++)
 		if (mkdirat(dfd, subs[i], 0700) != 0 && errno != EEXIST)
 			return -1;
 	md_catch.tmp_fd = openat(dfd, "tmp", MD_DIR_FLAGS);
 	md_catch.new_fd = openat(dfd, "new", MD_DIR_FLAGS);
-	if (md_catch.tmp_fd < 0 || md_catch.new_fd < 0 || fstat(dfd, &st) != 0)
-		return -1;
-	md_catch.dev = st.st_dev;
-	md_catch.ino = st.st_ino;
-	return 0;
+	return md_catch.tmp_fd < 0 || md_catch.new_fd < 0 ? -1 : 0;
 }
 
-/* The catch-all is created with its cur/ new/ tmp/ on first use, then its fds are reused. */
-static enum md_result md_open_catch(const char *path, int *fd)
+/* The catch-all is made if missing, but only inside a directory that exists: a typo in -m or
+ * a wrong HOME must not build a tree of its own. Its fds are then reused. */
+static int md_open_catch(const char *path)
 {
 	if (md_catch.fd >= 0 && strcmp(md_catch.path, path) == 0)
-		return *fd = md_catch.fd, MD_OK;
+		return 0;
 	md_close_catch();
-	int dfd = md_open_or_make(path);
+	int dfd = md_open_dir(path);
+	if (dfd < 0 && errno == ENOENT && mkdir(path, 0700) == 0)
+		dfd = md_open_dir(path);
 	if (dfd < 0)
-		return md_errno_result(errno);
+		return -1;
 	md_catch.fd = dfd;
 	if (md_fill_catch(dfd) != 0) {
 		int e = errno;
 		md_close_catch();
-		return md_errno_result(e);
+		return errno = e, -1;
 	}
 	text_copy(md_catch.path, sizeof md_catch.path, path);
-	return *fd = dfd, MD_OK;
+	return 0;
 }
+
+int md_check_store(const char *tmpl, char *path, size_t size)
+{
+	struct md_shape sh = md_scan(tmpl);
+	struct stat st;
+
+	char expanded[MD_PATH_MAX];
+	bool catch_all = !sh.has_u && !sh.has_d;
+
+	if (!md_expand(tmpl, catch_all ? strlen(tmpl) : sh.fixed_end, "", "", expanded))
+		return errno = ENAMETOOLONG, -1;
+	if (expanded[0] == '\0')
+		text_copy(expanded, sizeof expanded, tmpl[0] == '/' ? "/" : ".");
+	text_copy(path, size, expanded);
+	if (catch_all)
+		return md_open_catch(expanded);
+	if (stat(expanded, &st) != 0)
+		return -1;
+	return S_ISDIR(st.st_mode) ? 0 : (errno = ENOTDIR, -1);
+}
+
+/* ---- recipients ---- */
 
 static bool md_is_catch(int dir_fd)
 {
 	return dir_fd >= 0 && dir_fd == md_catch.fd;
-}
-
-/* A box's tmp/ or new/: the catch-all's kept ones, or freshly opened for this message. */
-static int md_open_sub(const struct md_txn *txn, size_t i, const char *sub)
-{
-	int dir = txn->boxes[i].dir_fd;
-
-	if (md_is_catch(dir))
-		return strcmp(sub, "tmp") == 0 ? md_catch.tmp_fd : md_catch.new_fd;
-	return openat(dir, sub, MD_DIR_FLAGS);
-}
-
-static void md_close_sub(int fd)
-{
-	if (fd >= 0 && fd != md_catch.tmp_fd && fd != md_catch.new_fd)
-		close(fd);
 }
 
 /* The catch-all's fd outlives the transaction; every other one is the box's own. */
@@ -310,18 +391,14 @@ static void md_drop(int fd)
 		close(fd);
 }
 
-/* Two recipients in one Maildir share one box, hence one file there. */
-static enum md_result md_append(struct md_txn *txn, int fd, const char *path, size_t *index)
+/* Two recipients in one Maildir share one box, hence one file there. Past MD_KEPT_BOXES a box
+ * keeps no fd: it is opened again by its path at commit, so that a message to a thousand
+ * Maildirs needs no more descriptors than one to sixteen. */
+static enum md_result md_append(struct md_txn *txn, int fd, const struct stat *st, const char *path,
+				size_t *index)
 {
-	struct stat st = { .st_dev = md_catch.dev, .st_ino = md_catch.ino };
-
-	if (!md_is_catch(fd) && fstat(fd, &st) != 0) {
-		enum md_result r = md_errno_result(errno);
-		md_drop(fd);
-		return r;
-	}
 	for (size_t i = 0; i < txn->box_count; i++) {
-		if (txn->boxes[i].dev == st.st_dev && txn->boxes[i].ino == st.st_ino) {
+		if (txn->boxes[i].dev == st->st_dev && txn->boxes[i].ino == st->st_ino) {
 			if (fd != txn->boxes[i].dir_fd)
 				md_drop(fd);
 			return *index = i, MD_OK;
@@ -333,9 +410,15 @@ static enum md_result md_append(struct md_txn *txn, int fd, const char *path, si
 	}
 	struct md_box *box = &txn->boxes[txn->box_count];
 	memset(box, 0, sizeof *box);
+	if (txn->box_count >= MD_KEPT_BOXES && !md_is_catch(fd)) {
+		close(fd);
+		fd = -1;
+	}
 	box->dir_fd = fd;
-	box->dev = st.st_dev;
-	box->ino = st.st_ino;
+	box->dev = st->st_dev;
+	box->ino = st->st_ino;
+	box->uid = st->st_uid;
+	box->gid = st->st_gid;
 	box->result = MD_OK;
 	text_copy(box->path, sizeof box->path, path);
 	*index = txn->box_count++;
@@ -346,8 +429,8 @@ enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local, c
 		      size_t *box_index)
 {
 	char u[MD_PATH_MAX], d[MD_PATH_MAX], path[MD_PATH_MAX];
-	bool has_u, has_d, d_with_u;
-	size_t d_end;
+	struct md_shape sh = md_scan(tmpl);
+	struct stat st;
 	int fd = -1;
 
 	if (md_bad_name(local) || md_bad_name(domain))
@@ -356,10 +439,17 @@ enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local, c
 		return MD_BAD_NAME;
 	if (!md_expand(tmpl, strlen(tmpl), u, d, path))
 		return MD_BAD_NAME;
-	md_scan(tmpl, &has_u, &has_d, &d_end, &d_with_u);
-	enum md_result r =
-		has_u || has_d ? md_open_user(tmpl, path, u, d, &fd) : md_open_catch(path, &fd);
-	return r != MD_OK ? r : md_append(txn, fd, path, box_index);
+	if (sh.has_u || sh.has_d) {
+		enum md_result r = md_open_user(tmpl, path, u, d, &fd, &st);
+		if (r != MD_OK)
+			return r;
+	} else if (md_open_catch(path) != 0) {
+		return md_errno_result(errno);
+	} else {
+		fd = md_catch.fd;
+		st = md_catch.st;
+	}
+	return md_append(txn, fd, &st, path, box_index);
 }
 
 /* ---- failures ---- */
@@ -369,7 +459,7 @@ static enum md_result md_full_or_temp(int e)
 	return e == ENOSPC || e == EDQUOT || e == EFBIG ? MD_FULL : MD_TEMP;
 }
 
-/* Only the first failure is logged by the caller: it is usually the cause of the others. */
+/* The transaction keeps its first failure, each box its own. */
 static enum md_result md_fail(struct md_txn *txn, const char *op, int e)
 {
 	if (txn->fail_op == NULL) {
@@ -381,9 +471,14 @@ static enum md_result md_fail(struct md_txn *txn, const char *op, int e)
 
 static void md_box_fail(struct md_txn *txn, size_t i, const char *op, int e)
 {
+	struct md_box *box = &txn->boxes[i];
 	enum md_result r = md_fail(txn, op, e);
-	if (txn->boxes[i].result == MD_OK)
-		txn->boxes[i].result = r;
+
+	if (box->result == MD_OK) {
+		box->result = r;
+		box->fail_op = op;
+		box->fail_errno = e;
+	}
 }
 
 static void md_fail_all(struct md_txn *txn, const char *op, int e)
@@ -391,6 +486,14 @@ static void md_fail_all(struct md_txn *txn, const char *op, int e)
 	for (size_t i = 0; i < txn->box_count; i++)
 		md_box_fail(txn, i, op, e);
 	md_fail(txn, op, e);
+}
+
+static bool md_any_failed(const struct md_txn *txn)
+{
+	for (size_t i = 0; i < txn->box_count; i++)
+		if (txn->boxes[i].result != MD_OK)
+			return true;
+	return false;
 }
 
 /* ---- the spool ---- */
@@ -442,24 +545,44 @@ static int md_make_id(struct md_txn *txn)
 	return id.cut || name.cut ? (errno = EOVERFLOW, -1) : 0;
 }
 
-static bool md_create_spool(struct md_txn *txn, size_t i)
+/* A box's directory: kept since RCPT, or opened again by its path and checked to be the
+ * same directory, so that a Maildir swapped since RCPT gets nothing. */
+static int md_box_dir(const struct md_txn *txn, size_t i)
 {
-	int tmp = md_open_sub(txn, i, "tmp");
-	if (tmp < 0) {
-		md_box_fail(txn, i, "open tmp/", errno);
-		return false;
+	const struct md_box *box = &txn->boxes[i];
+	struct stat st;
+
+	if (box->dir_fd >= 0)
+		return box->dir_fd;
+	int fd = md_open_dir(box->path);
+	if (fd < 0 || fstat(fd, &st) != 0 || st.st_dev != box->dev || st.st_ino != box->ino) {
+		int e = fd < 0 ? errno : ESTALE;
+		if (fd >= 0)
+			close(fd);
+		return errno = e, -1;
 	}
-	int fd = openat(tmp, md_name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		md_box_fail(txn, i, "create in tmp/", errno);
-		md_close_sub(tmp);
-		return false;
-	}
-	md_spool_tmp = tmp;
-	md_spool_in_tmp = true;
-	txn->spool_fd = fd;
-	txn->spool_box = i;
-	return true;
+	return fd;
+}
+
+/* A box's tmp/ or new/: the catch-all's kept ones, or freshly opened for this message. */
+static int md_open_sub(const struct md_txn *txn, size_t i, const char *sub)
+{
+	int dir = txn->boxes[i].dir_fd;
+
+	if (md_is_catch(dir))
+		return strcmp(sub, "tmp") == 0 ? md_catch.tmp_fd : md_catch.new_fd;
+	if ((dir = md_box_dir(txn, i)) < 0)
+		return -1;
+	int fd = openat(dir, sub, MD_DIR_FLAGS), e = errno;
+	if (dir != txn->boxes[i].dir_fd)
+		close(dir);
+	return errno = e, fd;
+}
+
+static void md_close_sub(int fd)
+{
+	if (fd >= 0 && fd != md_catch.tmp_fd && fd != md_catch.new_fd)
+		close(fd);
 }
 
 enum md_result md_begin(struct md_txn *txn)
@@ -470,11 +593,20 @@ enum md_result md_begin(struct md_txn *txn)
 	if (txn->box_count == 0)
 		return md_fail(txn, "begin", EINVAL);
 	if (md_make_id(txn) != 0)
-		return md_fail(txn, "message id", errno);
-	for (size_t i = 0; i < txn->box_count; i++)
-		if (txn->boxes[i].result == MD_OK && md_create_spool(txn, i))
-			return MD_OK;
-	return md_full_or_temp(txn->fail_errno);
+		return md_fail(txn, "message-id", errno);
+	int tmp = md_open_sub(txn, 0, "tmp");
+	if (tmp < 0)
+		return md_fail(txn, "open-tmp", errno);
+	int fd = openat(tmp, md_name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		int e = errno;
+		md_close_sub(tmp);
+		return md_fail(txn, "create-in-tmp", e);
+	}
+	md_spool_tmp = tmp;
+	md_spool_in_tmp = true;
+	txn->spool_fd = fd;
+	return MD_OK;
 }
 
 static int md_write_all(int fd, const unsigned char *buf, size_t len)
@@ -501,14 +633,44 @@ enum md_result md_write(struct md_txn *txn, const void *buf, size_t len)
 	return MD_OK;
 }
 
-/* ---- commit ---- */
+/* ---- staging: every box gets the message in its tmp/ ---- */
 
-static int md_open_new(struct md_txn *txn, size_t i)
+/* The spool's file as a new name: from its fd, never from its name in tmp/, which whoever can
+ * write that tmp/ could have replaced. AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, /proc does not. */
+static int md_link_fd(int fd, int dir, const char *name)
 {
-	md_new_fd[i] = md_open_sub(txn, i, "new");
-	if (md_new_fd[i] < 0)
-		md_box_fail(txn, i, "open new/", errno);
-	return md_new_fd[i];
+	char proc[32];
+	struct text t = text_on(proc, sizeof proc);
+
+	if (md_as_root && linkat(fd, "", dir, name, AT_EMPTY_PATH) == 0)
+		return 0;
+	if (md_as_root && errno != ENOENT) /* ENOENT: root without its capabilities */
+		return -1;
+	text_add(&t, "/proc/self/fd/");
+	text_add_num(&t, (unsigned long long)fd, 0);
+	return linkat(AT_FDCWD, proc, dir, name, AT_SYMLINK_FOLLOW);
+}
+
+/* No link across file systems (EXDEV), on some that lack them (EPERM, ENOTSUP), at too many
+ * links (EMLINK), or without /proc (ENOENT): a copy does the same job. */
+static bool md_link_fails_over(int e)
+{
+	return e == EXDEV || e == EPERM || e == ENOTSUP || e == EMLINK || e == ENOENT;
+}
+
+/* As root, every file belongs to the owner of the Maildir it is in. */
+static bool md_owned_as_spool(const struct md_txn *txn, size_t i)
+{
+	const struct md_box *a = &txn->boxes[0], *b = &txn->boxes[i];
+
+	return !md_as_root || (a->uid == b->uid && a->gid == b->gid);
+}
+
+static int md_give(int fd, const struct md_box *box)
+{
+	if (!md_as_root || (box->uid == 0 && box->gid == 0))
+		return 0;
+	return fchown(fd, box->uid, box->gid);
 }
 
 static int md_copy_bytes(struct md_txn *txn, int to)
@@ -528,162 +690,175 @@ static int md_copy_bytes(struct md_txn *txn, int to)
 	return 0;
 }
 
-/* Writes the copy into tmp/ and renames it into new/; returns 0 or an errno, naming the step. */
+/* A copy of the spool into tmp/, owned and fsynced; 0 or an errno, naming the step. */
 static int md_copy_file(struct md_txn *txn, size_t i, int tmp, const char **op)
 {
 	int e = 0,
 	    fd = openat(tmp, md_name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 
-	*op = "create in tmp/";
+	*op = "create-copy";
 	if (fd < 0)
 		return errno;
-	*op = "write copy";
-	if (md_copy_bytes(txn, fd) != 0)
+	if (*op = "write-copy", md_copy_bytes(txn, fd) != 0)
 		e = errno;
-	else if (*op = "fsync copy", fsync(fd) != 0)
+	else if (*op = "chown-copy", md_give(fd, &txn->boxes[i]) != 0)
+		e = errno;
+	else if (*op = "fsync-copy", fsync(fd) != 0)
 		e = errno;
 	if (close(fd) != 0 && e == 0)
-		*op = "close copy", e = errno;
-	if (e == 0 && renameat(tmp, md_name, md_new_fd[i], md_final) != 0)
-		*op = "rename copy", e = errno;
+		*op = "close-copy", e = errno;
 	if (e != 0)
 		unlinkat(tmp, md_name, 0);
 	return e;
 }
 
-/* Across file systems a hard link is impossible: the same tmp/-then-new/ dance, by copy. */
-static void md_copy_into(struct md_txn *txn, size_t i)
+/* A box other than the spool's: a hard link to the spool when the owner is the same and the
+ * file system allows it, else a copy of its own. */
+static void md_stage(struct md_txn *txn, size_t i)
 {
-	const char *op = "open tmp/";
-	int e, tmp = md_open_sub(txn, i, "tmp");
+	const char *op = "open-tmp";
+	int e = 0, tmp = md_open_sub(txn, i, "tmp");
 
 	if (tmp < 0) {
 		e = errno;
+	} else if (md_owned_as_spool(txn, i) && md_link_fd(txn->spool_fd, tmp, md_name) == 0) {
+		e = 0;
+	} else if (md_owned_as_spool(txn, i) && !md_link_fails_over(errno)) {
+		op = "link-into-tmp", e = errno;
 	} else {
 		e = md_copy_file(txn, i, tmp, &op);
-		md_close_sub(tmp);
 	}
+	md_close_sub(tmp);
 	if (e != 0)
 		md_box_fail(txn, i, op, e);
-	md_placed[i] = e == 0;
+	md_staged[i] = e == 0;
 }
 
-/* No link across file systems (EXDEV), on some that lack them (EPERM, ENOTSUP), at too many
- * links (EMLINK), or when the spool's Maildir was removed under us (ENOENT): its fd still reads. */
-static bool md_link_fails_over(int e)
+/* The spool is given away only once every copy is made from it, and closed then, so that a
+ * late write error (NFS) is still seen before anything is published. */
+static void md_stage_spool(struct md_txn *txn)
 {
-	return e == EXDEV || e == EPERM || e == ENOTSUP || e == EMLINK || e == ENOENT;
-}
-
-/* A box other than the spool's gets a hard link to the spool, or a copy. */
-static void md_place_other(struct md_txn *txn, size_t i)
-{
-	if (md_open_new(txn, i) < 0)
-		return;
-	if (linkat(md_spool_tmp, md_name, md_new_fd[i], md_final, 0) == 0)
-		md_placed[i] = true;
-	else if (md_link_fails_over(errno))
-		md_copy_into(txn, i);
-	else
-		md_box_fail(txn, i, "link", errno);
-}
-
-/* The spool is closed before its rename, so that a late write error (NFS) is still seen. */
-static void md_place_spool(struct md_txn *txn)
-{
-	size_t i = txn->spool_box;
-	int fd = txn->spool_fd;
+	int fd = txn->spool_fd, e = 0;
+	const char *op = "close";
 
 	txn->spool_fd = -1;
-	if (close(fd) != 0) {
-		md_fail_all(txn, "close", errno);
-		return;
-	}
-	if (txn->boxes[i].result != MD_OK || md_open_new(txn, i) < 0)
-		return;
-	if (renameat(md_spool_tmp, md_name, md_new_fd[i], md_final) != 0) {
-		md_box_fail(txn, i, "rename", errno);
-		return;
-	}
-	md_spool_in_tmp = false;
-	md_placed[i] = true;
+	if (md_give(fd, &txn->boxes[0]) != 0)
+		op = "chown", e = errno;
+	if (close(fd) != 0 && e == 0)
+		e = errno;
+	if (e != 0)
+		md_fail_all(txn, op, e);
+	md_staged[0] = e == 0;
 }
 
-static bool md_any_failed(const struct md_txn *txn)
+static bool md_stage_all(struct md_txn *txn, bool all_or_nothing)
 {
-	for (size_t i = 0; i < txn->box_count; i++)
-		if (txn->boxes[i].result != MD_OK)
-			return true;
-	return false;
+	if (fsync(txn->spool_fd) != 0) {
+		md_fail_all(txn, "fsync", errno);
+		return false;
+	}
+	for (size_t i = 1; i < txn->box_count; i++) {
+		md_stage(txn, i);
+		if (all_or_nothing && md_any_failed(txn))
+			return false;
+	}
+	md_stage_spool(txn);
+	return !(all_or_nothing && md_any_failed(txn));
 }
 
-/* Only a new/ fsynced after the rename makes the delivery survive a crash. */
-static void md_sync_new(struct md_txn *txn)
+/* ---- publishing: tmp/ to new/, then new/ fsynced ---- */
+
+/* Returns 0 or an errno, naming the step that failed. */
+static int md_publish_into(size_t i, int tmp, int new, const char **op)
 {
-	for (size_t i = 0; i < txn->box_count; i++)
-		if (md_placed[i] && txn->boxes[i].result == MD_OK && fsync(md_new_fd[i]) != 0)
-			md_box_fail(txn, i, "fsync new/", errno);
+	*op = "rename-into-new";
+	if (renameat(tmp, md_name, new, md_final) != 0)
+		return errno;
+	md_published[i] = true;
+	if (i == 0)
+		md_spool_in_tmp = false;
+	*op = "fsync-new";
+	return fsync(new) != 0 ? errno : 0;
 }
 
-/* Whatever failed leaves nothing in new/ and nothing in tmp/; every fd of the commit closes. */
-static void md_finish(struct md_txn *txn)
+static void md_publish(struct md_txn *txn, size_t i)
+{
+	const char *op = "open-tmp";
+	int e, tmp = i == 0 ? md_spool_tmp : md_open_sub(txn, i, "tmp"), new = -1;
+
+	if (tmp < 0)
+		e = errno;
+	else if ((new = md_open_sub(txn, i, "new")) < 0)
+		op = "open-new", e = errno;
+	else
+		e = md_publish_into(i, tmp, new, &op);
+	if (i != 0)
+		md_close_sub(tmp);
+	md_close_sub(new);
+	if (e != 0)
+		md_box_fail(txn, i, op, e);
+}
+
+static void md_publish_all(struct md_txn *txn, bool all_or_nothing)
 {
 	for (size_t i = 0; i < txn->box_count; i++) {
-		struct md_box *box = &txn->boxes[i];
-		if (md_placed[i] && box->result != MD_OK)
-			unlinkat(md_new_fd[i], md_final, 0);
-		md_close_sub(md_new_fd[i]);
-		md_new_fd[i] = -1;
-		md_placed[i] = false;
-		text_copy(box->file, sizeof box->file, box->result == MD_OK ? md_final : "");
+		if (md_staged[i] && txn->boxes[i].result == MD_OK)
+			md_publish(txn, i);
+		if (all_or_nothing && md_any_failed(txn))
+			return;
 	}
-	md_abort(txn); /* the spool, if it is still in tmp/ */
 }
 
-/* Every box in new/, or in SMTP nothing more once one box has failed. */
-static void md_deliver(struct md_txn *txn, bool all_or_nothing)
+/* What failed leaves nothing: not in new/ (removed, and the removal made durable) nor in
+ * tmp/. Only a box that failed after its rename was ever visible. */
+static void md_clean(struct md_txn *txn, size_t i)
+{
+	if (md_published[i] && txn->boxes[i].result != MD_OK) {
+		int new = md_open_sub(txn, i, "new");
+		if (new >= 0 && unlinkat(new, md_final, 0) == 0)
+			(void)fsync(new);
+		md_close_sub(new);
+	}
+	if (i != 0 && md_staged[i] && !md_published[i]) {
+		int tmp = md_open_sub(txn, i, "tmp");
+		if (tmp >= 0)
+			unlinkat(tmp, md_name, 0);
+		md_close_sub(tmp);
+	}
+	md_staged[i] = md_published[i] = false;
+}
+
+static bool md_final_name(struct md_txn *txn)
 {
 	struct text final = text_on(md_final, sizeof md_final);
 
 	text_add(&final, md_name);
 	text_add(&final, ",S=");
 	text_add_num(&final, txn->stored_bytes, 0);
-	if (final.cut) {
-		md_fail_all(txn, "file name", EOVERFLOW);
-		return;
-	}
-	if (fsync(txn->spool_fd) != 0) {
-		md_fail_all(txn, "fsync", errno);
-		return;
-	}
-	for (size_t i = 0; i < txn->box_count; i++) {
-		if (all_or_nothing && md_any_failed(txn))
-			return;
-		if (i != txn->spool_box && txn->boxes[i].result == MD_OK)
-			md_place_other(txn, i);
-	}
-	if (!(all_or_nothing && md_any_failed(txn)))
-		md_place_spool(txn);
-	md_sync_new(txn);
+	return !final.cut;
 }
 
 enum md_result md_commit(struct md_txn *txn, bool all_or_nothing)
 {
 	for (size_t i = 0; i < txn->box_count; i++)
-		md_new_fd[i] = -1, md_placed[i] = false;
+		md_staged[i] = md_published[i] = false;
 	if (txn->spool_fd < 0)
 		md_fail_all(txn, "commit", EBADF);
-	else
-		md_deliver(txn, all_or_nothing);
-	enum md_result r = md_full_or_temp(txn->fail_errno);
-	bool any_ok = false, failed = md_any_failed(txn);
+	else if (!md_final_name(txn))
+		md_fail_all(txn, "file-name", EOVERFLOW);
+	else if (md_stage_all(txn, all_or_nothing))
+		md_publish_all(txn, all_or_nothing);
+	bool failed = md_any_failed(txn), any_ok = false;
 	for (size_t i = 0; i < txn->box_count; i++) {
-		if (all_or_nothing && failed)
-			txn->boxes[i].result = r;
-		any_ok |= txn->boxes[i].result == MD_OK;
+		struct md_box *box = &txn->boxes[i];
+		if (all_or_nothing && failed && box->result == MD_OK)
+			box->result = md_full_or_temp(txn->fail_errno);
+		any_ok |= box->result == MD_OK;
+		md_clean(txn, i);
+		text_copy(box->file, sizeof box->file, box->result == MD_OK ? md_final : "");
 	}
-	md_finish(txn);
-	return any_ok ? MD_OK : r;
+	md_abort(txn); /* the spool, if it is still in tmp/ */
+	return any_ok ? MD_OK : md_full_or_temp(txn->fail_errno);
 }
 
 void md_abort(struct md_txn *txn)

@@ -179,6 +179,8 @@ struct session {
 	size_t prefix_len, header_match;
 	bool in_header, at_line_start;
 	size_t chunk_len;
+	uint64_t body_octets; /* stored octets of the message itself, after our header fields */
+	unsigned char last_octet;
 
 	/* totals for the session log line */
 	unsigned long messages, recipients;
@@ -712,13 +714,12 @@ static enum path_result parse_path(const char *p, struct address *a, const char 
 
 /* ---- the message writer: our two header fields, then the message, into DATA_CHUNK pieces ---- */
 
+/* The message is refused (too big, a loop, the spool unwritable): one reply for all. */
 static void data_fail(struct session *s, enum reply_id why)
 {
 	if (s->txn_error != RPL_NONE)
 		return;
 	s->txn_error = why;
-	if (s->md.fail_op != NULL)
-		log_line("delivery failed: %s: %s", s->md.fail_op, strerror(s->md.fail_errno));
 	md_abort(&s->md);
 }
 
@@ -796,6 +797,8 @@ static void emit(struct session *s, const unsigned char *p, size_t len)
 		if (s->txn_error == RPL_NONE)
 			memcpy(s->chunk + s->chunk_len, p, n);
 		s->chunk_len += n;
+		s->body_octets += n;
+		s->last_octet = n > 0 ? p[n - 1] : s->last_octet;
 		p += n;
 		len -= n;
 		if (s->chunk_len >= DATA_CHUNK) {
@@ -877,6 +880,7 @@ static void start_message(struct session *s)
 	add_date(&t);
 	text_add(&t, "\n");
 	s->chunk_len = s->prefix_len = t.len;
+	s->body_octets = 0;
 	s->first_line = FIRST_UNDECIDED;
 	s->in_header = s->at_line_start = true;
 	s->header_match = 0;
@@ -884,13 +888,14 @@ static void start_message(struct session *s)
 	s->msg_size = 0;
 }
 
+/* A message still undecided here is empty or one line without a colon: body either way. Its
+ * last line gets a line end if it lacks one (BDAT), whatever the buffer holds at this point. */
 static void end_message(struct session *s)
 {
 	if (s->first_line == FIRST_UNDECIDED)
-		decide_first_line(s,
-				  s->chunk_len == s->prefix_len ? FIRST_IS_HEADER : FIRST_IS_BODY);
-	if (s->chunk_len > s->prefix_len && s->chunk[s->chunk_len - 1] != '\n')
-		s->chunk[s->chunk_len++] = '\n';
+		decide_first_line(s, FIRST_IS_BODY);
+	if (s->body_octets > 0 && s->last_octet != '\n')
+		emit(s, (const unsigned char *)"\n", 1);
 	chunk_flush(s);
 }
 
@@ -933,29 +938,142 @@ static void log_delivery(struct session *s)
 	log_text(line);
 }
 
+static const struct {
+	int number;
+	const char *name;
+} errno_names[] = {
+	{ ENOSPC, "ENOSPC" },
+	{ EDQUOT, "EDQUOT" },
+	{ EFBIG, "EFBIG" },
+	{ EIO, "EIO" },
+	{ EACCES, "EACCES" },
+	{ EPERM, "EPERM" },
+	{ EROFS, "EROFS" },
+	{ ENOENT, "ENOENT" },
+	{ ENOTDIR, "ENOTDIR" },
+	{ EEXIST, "EEXIST" },
+	{ EXDEV, "EXDEV" },
+	{ EMLINK, "EMLINK" },
+	{ EMFILE, "EMFILE" },
+	{ ENFILE, "ENFILE" },
+	{ ELOOP, "ELOOP" },
+	{ ESTALE, "ESTALE" },
+	{ EBADF, "EBADF" },
+	{ EINVAL, "EINVAL" },
+	{ ENAMETOOLONG, "ENAMETOOLONG" },
+	{ EOVERFLOW, "EOVERFLOW" },
+};
+
+/* A symbolic errno is one token and the same in every libc and locale. */
+static void add_errno(struct text *t, int e)
+{
+	for (size_t i = 0; i < sizeof errno_names / sizeof errno_names[0]; i++)
+		if (errno_names[i].number == e)
+			return text_add(t, errno_names[i].name);
+	text_add(t, "E");
+	text_add_num(t, (unsigned long long)(e > 0 ? e : 0), 0);
+}
+
+/* "452 4.3.1 Insufficient..." as " reply=452 code=4.3.1". */
+static void add_reply_code(struct text *t, enum reply_id id)
+{
+	const char *text = replies[id].text;
+
+	text_add(t, " reply=");
+	text_add_n(t, text, 3);
+	text_add(t, " code=");
+	text_add_n(t, text + 4, strcspn(text + 4, " "));
+}
+
+/* One line per recipient that did not get the message, naming its Maildir and what failed
+ * there; in SMTP the others of the transaction are withdrawn with it. */
+static void log_failure(struct session *s, const struct rcpt *rc, enum reply_id why)
+{
+	const struct md_box *box = &s->md.boxes[rc->box];
+	char line[LOG_LINE_MAX];
+	struct text t = text_on(line, sizeof line);
+
+	text_add(&t, "failed id=");
+	text_add(&t, s->md.id);
+	text_add(&t, " to=<");
+	text_add(&t, rc->addr);
+	text_add(&t, "> path=");
+	text_add(&t, box->path);
+	text_add(&t, " op=");
+	text_add(&t, box->fail_op ? box->fail_op : "withdrawn");
+	text_add(&t, " errno=");
+	if (box->fail_op)
+		add_errno(&t, box->fail_errno);
+	else
+		text_add(&t, "-");
+	add_reply_code(&t, why);
+	log_text(line);
+}
+
+/* A message refused as a whole before delivery: too big, a loop, or the spool failed. */
+static void log_rejected(struct session *s)
+{
+	char line[LOG_LINE_MAX];
+	struct text t = text_on(line, sizeof line);
+
+	text_add(&t, "rejected id=");
+	text_add(&t, s->md.id);
+	text_add(&t, " from=<");
+	text_add(&t, s->sender);
+	text_add(&t, "> recipients=");
+	text_add_num(&t, s->rcpt_count, 0);
+	if (s->md.fail_op != NULL) {
+		text_add(&t, " path=");
+		text_add(&t, s->md.boxes[0].path); /* the spool's Maildir */
+		text_add(&t, " op=");
+		text_add(&t, s->md.fail_op);
+		text_add(&t, " errno=");
+		add_errno(&t, s->md.fail_errno);
+	}
+	add_reply_code(&t, s->txn_error);
+	log_text(line);
+}
+
+/* The reply for recipient i: in SMTP the transaction's, in LMTP its own Maildir's outcome. */
+static enum reply_id rcpt_outcome(const struct session *s, size_t i, enum md_result committed)
+{
+	enum md_result own = s->md.boxes[s->rcpts[i].box].result;
+
+	if (s->txn_error != RPL_NONE)
+		return s->txn_error;
+	if (!s->cfg->lmtp)
+		return committed == MD_OK ? RPL_NONE : md_replies[committed];
+	return own == MD_OK ? RPL_NONE : md_replies[own];
+}
+
 /* After the last octet: the reply, or in LMTP one reply per recipient (RFC 2033 4.2). */
 static void finish_message(struct session *s)
 {
+	enum md_result committed = MD_TEMP;
+	unsigned long delivered = 0;
+
 	end_message(s);
-	if (s->txn_error == RPL_NONE) {
-		enum md_result r = md_commit(&s->md, !s->cfg->lmtp);
-		if (r != MD_OK)
-			data_fail(s, md_replies[r]);
-		else if (s->md.fail_op != NULL) /* LMTP: some recipients failed alone */
-			log_line("delivery failed for some recipients: %s: %s", s->md.fail_op,
-				 strerror(s->md.fail_errno));
-	}
-	for (size_t i = 0; i < (s->cfg->lmtp ? s->rcpt_count : 1); i++) {
-		enum md_result r = s->md.boxes[s->rcpts[i].box].result;
-		if (s->txn_error == RPL_NONE && r == MD_OK)
+	if (s->txn_error != RPL_NONE)
+		log_rejected(s);
+	else
+		committed = md_commit(&s->md, !s->cfg->lmtp);
+	for (size_t i = 0; i < s->rcpt_count; i++) {
+		enum reply_id why = rcpt_outcome(s, i, committed);
+		if (why == RPL_NONE)
+			delivered++;
+		else if (s->txn_error == RPL_NONE)
+			log_failure(s, &s->rcpts[i], why);
+		if (i > 0 && !s->cfg->lmtp)
+			continue;
+		if (why == RPL_NONE)
 			reply_around(s, "250 2.0.0 ", s->md.id, " delivered");
 		else
-			reply(s, s->txn_error != RPL_NONE ? s->txn_error : md_replies[r]);
+			reply(s, why);
 	}
-	if (s->txn_error == RPL_NONE) {
+	if (delivered > 0) {
 		log_delivery(s);
 		s->messages++;
-		s->recipients += s->rcpt_count;
+		s->recipients += delivered;
 		s->bytes += s->md.stored_bytes;
 	}
 	reset_transaction(s);
@@ -979,6 +1097,8 @@ static const unsigned char *copy_lines(struct session *s, const unsigned char *p
 			s->chunk[s->chunk_len + n] = '\n';
 		}
 		s->chunk_len += n + 1;
+		s->body_octets += n + 1;
+		s->last_octet = '\n';
 		count_size(s, n + 2);
 		p = cr + 2;
 	}
@@ -1362,6 +1482,7 @@ static void h_data(struct session *s, char *arg)
 	enum md_result r = md_begin(&s->md);
 	if (r != MD_OK) {
 		data_fail(s, md_replies[r]);
+		log_rejected(s);
 		reply(s, md_replies[r]);
 		reset_transaction(s);
 		return;

@@ -130,10 +130,14 @@ enum md_result {
 
 /* One distinct Maildir in a transaction. */
 struct md_box {
-	int dir_fd; /* the Maildir directory, O_DIRECTORY */
+	int dir_fd; /* the Maildir directory, O_DIRECTORY; -1 when reopened by path at commit */
 	dev_t dev;
 	ino_t ino;
-	enum md_result result;  /* after md_commit: this box's outcome */
+	uid_t uid; /* the Maildir's owner: as root, the owner of what is delivered there */
+	gid_t gid;
+	enum md_result result; /* after md_commit: this box's outcome */
+	const char *fail_op;   /* when it failed: the call, and its errno */
+	int fail_errno;
 	char path[MD_PATH_MAX]; /* expanded path, for log lines */
 	char file[MD_PATH_MAX]; /* after md_commit: name in new/ */
 };
@@ -142,14 +146,16 @@ struct md_box {
 struct md_txn {
 	struct md_box *boxes; /* md_txn_init allocates max_boxes of them */
 	size_t box_count, max_boxes;
-	int spool_fd; /* -1, or the file in tmp/ of boxes[spool_box] */
-	size_t spool_box;
+	int spool_fd; /* -1, or the file in tmp/ of boxes[0] */
 	uint64_t stored_bytes;
 	char id[MSG_ID_MAX]; /* "<sec>.M<usec>P<pid>Q<n>", set by md_begin */
 	const char *fail_op; /* on failure: the call that failed, for the log */
 	int fail_errno;
 };
 
+/* At start-up: the catch-all made if missing (its parent must exist), or the directory a
+ * template's placeholders start in present. -1 with errno; path names what was checked. */
+int md_check_store(const char *tmpl, char *path, size_t size);
 int md_txn_init(struct md_txn *txn, size_t max_boxes);
 enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local, const char *domain,
 		      size_t *box_index);

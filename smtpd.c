@@ -127,10 +127,12 @@ static const char *default_hostname(void)
 	return checked_hostname(host_buf);
 }
 
-/* $HOME/Maildir, or the password database's home when HOME is unset (xinetd's passenv =). */
+/* $HOME/Maildir, or the password database's home when HOME is unset (xinetd's passenv =).
+ * HOME is a path, never a template: each % in it is doubled so that it stands for itself. */
 static const char *home_maildir(void)
 {
 	const char *home = getenv("HOME");
+	struct text t = text_on(default_template, sizeof default_template);
 
 	if (home == NULL || *home == '\0') {
 		struct passwd *pw = getpwuid(getuid());
@@ -138,8 +140,10 @@ static const char *home_maildir(void)
 			die(EXIT_OSERR, "no HOME and no home directory for this user", NULL);
 		home = pw->pw_dir;
 	}
-	int n = snprintf(default_template, sizeof default_template, "%s/Maildir", home);
-	if (n < 0 || (size_t)n >= sizeof default_template)
+	for (const char *p = home; *p != '\0'; p++)
+		text_add_n(&t, *p == '%' ? "%%" : p, *p == '%' ? 2 : 1);
+	text_add(&t, "/Maildir");
+	if (t.cut)
 		die(EXIT_OSERR, "home directory path too long", NULL);
 	return default_template;
 }
@@ -216,6 +220,25 @@ static void find_client_addr(struct config *cfg)
 		set_client_addr(cfg, text);
 }
 
+/* A store that is not there is the admin's to fix, not the client's: nothing is created in
+ * its place, the client is told to come back later, and the log says which path. */
+static void check_store(const struct config *cfg)
+{
+	char path[MD_PATH_MAX];
+
+	if (md_check_store(cfg->mail_template, path, sizeof path) == 0)
+		return;
+	int e = errno;
+	log_line("unavailable path=%s error=%s", path, strerror(e));
+	char reply[LINE_MAX_OCTETS];
+	struct text t = text_on(reply, sizeof reply);
+	text_add(&t, "421 4.3.0 ");
+	text_add(&t, cfg->hostname);
+	text_add(&t, " Mail store unavailable, try again later\r\n");
+	(void)!write(1, reply, t.len);
+	exit(EXIT_TEMPFAIL);
+}
+
 int main(int argc, char **argv)
 {
 	struct config cfg = {
@@ -243,5 +266,6 @@ int main(int argc, char **argv)
 	if (log_to_syslog)
 		openlog("smtpd", LOG_PID, LOG_MAIL);
 	find_client_addr(&cfg);
+	check_store(&cfg);
 	return smtp_session(&cfg);
 }

@@ -426,10 +426,37 @@ count_file_calls() {
 	! head -4 "$MD"/new/* | LC_ALL=C grep -q '[^[:print:]	]'
 }
 
-@test "templates: no % is one catch-all Maildir, created with cur/ new/ tmp/" {
-	run_smtpd "HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<anyone@anywhere.example>\r\nRCPT TO:<else@other.example>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n" -m "$T/deep/er/Maildir"
-	[ -d "$T/deep/er/Maildir/cur" ] && [ -d "$T/deep/er/Maildir/tmp" ]
-	[ "$(new_files "$T/deep/er/Maildir")" -eq 1 ]
+@test "templates: no % is one catch-all Maildir, created with cur/ new/ tmp/ in an existing directory" {
+	mkdir "$T/deep"
+	run_smtpd "HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<anyone@anywhere.example>\r\nRCPT TO:<else@other.example>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n" -m "$T/deep/Maildir"
+	[ -d "$T/deep/Maildir/cur" ] && [ -d "$T/deep/Maildir/tmp" ]
+	[ "$(new_files "$T/deep/Maildir")" -eq 1 ]
+}
+
+@test "templates: a catch-all whose parent is missing is never created: 421 4.3.0, exit 75, the path logged" {
+	run_smtpd "HELO c\r\nQUIT\r\n" -m "$T/typo/Maildir"
+	[ "$RC" -eq 75 ]
+	expect_replies '421 4.3.0 test.example Mail store unavailable, try again later'
+	[ ! -e "$T/typo" ]
+	grep -qE "unavailable path=$T/typo/Maildir error=" "$T/err"
+}
+
+@test "templates: a %d/%u template whose fixed directory is missing is a start-up error, not 550s" {
+	run_smtpd "HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y.example>\r\nQUIT\r\n" -m "$T/vhots/%d/%u"
+	[ "$RC" -eq 75 ]
+	expect_replies '421 4.3.0 test.example Mail store unavailable, try again later'
+	grep -qE "unavailable path=$T/vhots error=" "$T/err"
+}
+
+@test "templates: HOME is a path, never a template: % in it stands for itself" {
+	mkdir -p "$T/h%u" "$T/h%y"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n' > "$T/in"
+	HOME="$T/h%u" "$SMTPD" -h test.example < "$T/in" > "$T/out" 2> "$T/err"
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	[ "$(new_files "$T/h%u/Maildir")" -eq 1 ]
+	HOME="$T/h%%y" "$SMTPD" -h test.example < "$T/in" > "$T/out" 2> "$T/err" || true
+	[ ! -e "$T/h%y/Maildir" ]
+	grep -q "unavailable path=$T/h%%y/Maildir " "$T/err"
 }
 
 @test "templates: %d/%u delivers to existing Maildirs; unknown user 550 5.1.1; unknown domain 550 5.7.1" {

@@ -355,7 +355,7 @@ EOF
 	x_body "$f" 'Subject: d\n\nline\n.\n..two dots\nQUIT\nRSET\n.\n'
 }
 
-@test "CHUNKING: BDAT 0 LAST alone stores our header fields and nothing else" {
+@test "CHUNKING: BDAT 0 LAST alone stores our header fields and the empty line after them" {
 	x_session 'EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nBDAT 0 LAST\r\nQUIT\r\n' \
 		-m "$T/Maildir"
 	x_eq "$XS" 0 "exit status"
@@ -363,8 +363,8 @@ EOF
 		'250 2.0.0 <id> delivered' '221 2.0.0 test.example closing'
 	f=$(x_one "$T/Maildir")
 	x_headers "$f" ESMTP
-	x_eq "$(wc -l <"$f")" 4 "lines in the stored file"
-	x_body "$f" ''
+	x_eq "$(wc -l <"$f")" 5 "lines in the stored file"
+	x_body "$f" '\n'
 	x_size_ok "$f"
 }
 
