@@ -343,7 +343,8 @@ static int md_open_catch(const char *path)
 		return 0;
 	md_close_catch();
 	int dfd = md_open_dir(path);
-	if (dfd < 0 && errno == ENOENT && mkdir(path, 0700) == 0)
+	/* EEXIST: a concurrent session made it between our open and our mkdir. */
+	if (dfd < 0 && errno == ENOENT && (mkdir(path, 0700) == 0 || errno == EEXIST))
 		dfd = md_open_dir(path);
 	if (dfd < 0)
 		return -1;

@@ -3,7 +3,9 @@
  *   FAULT_CALL=fsync      the function to fail (write and fsync count only fds above 2,
  *                         so the replies on fds 0-2 are never hit)
  *   FAULT_NTH=3           fail its 3rd call; 0 fails none and only counts
- *   FAULT_ERRNO=ENOSPC    ENOSPC EDQUOT EIO EACCES EROFS EXDEV EMFILE (default EIO)
+ *   FAULT_ERRNO=ENOSPC    ENOSPC EDQUOT EIO EACCES EROFS EXDEV EMFILE EFBIG (default EIO);
+ *                         EEXIST for mkdir makes the directory first, as a concurrent
+ *                         session winning the race would
  *   FAULT_TRACE=file      append one line per counted call: "<function>"
  */
 #define _GNU_SOURCE
@@ -22,6 +24,7 @@ static const struct {
 } errnos[] = {
 	{"ENOSPC", ENOSPC}, {"EDQUOT", EDQUOT}, {"EIO", EIO},       {"EACCES", EACCES},
 	{"EROFS", EROFS},   {"EXDEV", EXDEV},   {"EMFILE", EMFILE}, {"EFBIG", EFBIG},
+	{"EEXIST", EEXIST},
 };
 
 static int fault_errno(void)
@@ -133,7 +136,11 @@ int openat64(int dir, const char *path, int flags, ...)
 
 int mkdir(const char *path, mode_t mode)
 {
-	return should_fail("mkdir") ? -1 : REAL(mkdir)(path, mode);
+	if (!should_fail("mkdir"))
+		return REAL(mkdir)(path, mode);
+	if (errno == EEXIST && REAL(mkdir)(path, mode) == 0)
+		errno = EEXIST;
+	return -1;
 }
 
 int mkdirat(int dir, const char *path, mode_t mode)

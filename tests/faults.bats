@@ -102,6 +102,15 @@ check_invariants() {
 	grep -q '^Subject: txn2$' "$T"/root/y.example/b/new/*
 }
 
+@test "race: a concurrent session making the catch-all first (mkdir -> EEXIST) is no error" {
+	mkdir "$T/race"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n' > "$T/in"
+	FAULT_CALL=mkdir FAULT_NTH=1 FAULT_ERRNO=EEXIST LD_PRELOAD=$SHIM \
+		"$SMTPD" -h test.example -m "$T/race/Maildir" < "$T/in" > "$T/out" 2> "$T/err"
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	[ "$(ls "$T/race/Maildir/new" | wc -l)" -eq 1 ]
+}
+
 @test "fault walk: the new/ directory's fsync failing takes the message back out of new/" {
 	walk_input > "$T/in"
 	fresh_maildirs
