@@ -1,8 +1,10 @@
 /* An LD_PRELOAD shim for tests: makes one chosen call to write, fsync, open, openat, mkdir,
- * mkdirat, link, linkat, rename or renameat fail with a chosen errno.
+ * mkdirat, link, linkat, rename, renameat or fchown fail with a chosen errno.
  *   FAULT_CALL=fsync      the function to fail (write and fsync count only fds above 2,
  *                         so the replies on fds 0-2 are never hit)
  *   FAULT_NTH=3           fail its 3rd call; 0 fails none and only counts
+ *   FAULT_ERRNO=ENOSPC,EIO a list fails as many calls in a row: the 3rd with ENOSPC, the 4th
+ *                         with EIO
  *   FAULT_ERRNO=ENOSPC    ENOSPC EDQUOT EIO EACCES EROFS EXDEV EMFILE EFBIG (default EIO);
  *                         EEXIST for mkdir makes the directory first, as a concurrent
  *                         session winning the race would
@@ -27,12 +29,21 @@ static const struct {
 	{"EEXIST", EEXIST},
 };
 
-static int fault_errno(void)
+/* The errno for the call that is FAULT_NTH + skip, or 0 when the list is shorter. */
+static int fault_errno(unsigned long skip)
 {
 	const char *name = getenv("FAULT_ERRNO");
 
-	for (size_t i = 0; name && i < sizeof errnos / sizeof errnos[0]; i++)
-		if (strcmp(name, errnos[i].name) == 0)
+	if (name == NULL)
+		return skip == 0 ? EIO : 0;
+	for (; skip > 0 && name != NULL; skip--)
+		if ((name = strchr(name, ',')) != NULL)
+			name++;
+	if (name == NULL)
+		return 0;
+	size_t len = strcspn(name, ",");
+	for (size_t i = 0; i < sizeof errnos / sizeof errnos[0]; i++)
+		if (strlen(errnos[i].name) == len && strncmp(name, errnos[i].name, len) == 0)
 			return errnos[i].value;
 	return EIO;
 }
@@ -63,9 +74,13 @@ static int should_fail(const char *fn)
 		return 0;
 	trace(fn);
 	calls++;
-	if (nth == NULL || strtoul(nth, NULL, 10) != calls)
+	unsigned long first = nth == NULL ? 0 : strtoul(nth, NULL, 10);
+	if (first == 0 || calls < first)
 		return 0;
-	errno = fault_errno();
+	int e = fault_errno(calls - first);
+	if (e == 0)
+		return 0;
+	errno = e;
 	return 1;
 }
 
@@ -166,4 +181,9 @@ int rename(const char *from, const char *to)
 int renameat(int fromdir, const char *from, int todir, const char *to)
 {
 	return should_fail("renameat") ? -1 : REAL(renameat)(fromdir, from, todir, to);
+}
+
+int fchown(int fd, uid_t uid, gid_t gid)
+{
+	return should_fail("fchown") ? -1 : REAL(fchown)(fd, uid, gid);
 }

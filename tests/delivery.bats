@@ -1,0 +1,213 @@
+#!/usr/bin/env bats
+# Delivery that cannot be raced, exhausted or misplaced: the spool linked from its open fd,
+# never by name; Maildirs of other owners get their own copy (as root); 1000 Maildirs with 64
+# descriptors; stored bytes that never depend on buffer boundaries; each LMTP recipient its own
+# failure; an empty message. Root-only cases use setpriv for the other users and skip otherwise.
+
+setup_file() {
+	export SHIM=$BATS_FILE_TMPDIR/faultinject.so
+	cc -O2 -fPIC -shared -o "$SHIM" "$BATS_TEST_DIRNAME/faultinject.c" -ldl
+}
+
+setup() {
+	T=$(mktemp -d)
+	chmod 755 "$T"
+	SMTPD=${SMTPD:-$BATS_TEST_DIRNAME/../smtpd}
+	export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0
+	SPID=
+}
+
+teardown() {
+	[ -z "$SPID" ] || kill "$SPID" 2>/dev/null || true
+	rm -rf "$T"
+}
+
+need_root() {
+	[ "$(id -u)" -eq 0 ] || skip "needs root: smtpd delivering for several Unix users"
+	command -v setpriv >/dev/null || skip "setpriv is not installed"
+}
+
+# user_maildir NAME UID: $T/home/NAME/Maildir, all of it owned by UID
+user_maildir() {
+	mkdir -p "$T/home/$1/Maildir/"{cur,new,tmp}
+	chown -R "$2:$2" "$T/home/$1"
+	chmod 755 "$T/home"
+}
+
+as_uid() {
+	local uid=$1
+	shift
+	setpriv --reuid "$uid" --regid "$uid" --clear-groups "$@"
+}
+
+# A session on a FIFO, so that the test can act in the middle of the data; fd 4 is the client.
+fifo_start() {
+	mkfifo "$T/fifo"
+	timeout 60 "$SMTPD" -h test.example "$@" < "$T/fifo" > "$T/out" 2> "$T/err" &
+	SPID=$!
+	exec 4> "$T/fifo"
+}
+
+fifo_end() {
+	exec 4>&-
+	RC=0
+	wait "$SPID" || RC=$?
+	SPID=
+}
+
+# waits (bounded) until directory $1 holds a file and prints its name
+first_file_in() {
+	local i f
+	for i in $(seq 250); do
+		f=$(ls "$1" 2>/dev/null | head -1)
+		[ -n "$f" ] && { echo "$f"; return 0; }
+		sleep 0.02
+	done
+	return 1
+}
+
+# swap_during_data KIND: alice swaps her tmp/<spool> for a file (KIND=file) or a symbolic link
+# (KIND=link) of her own while the data is still coming; bob must get the client's bytes.
+swap_during_data() {
+	need_root
+	user_maildir alice 2001
+	user_maildir bob 2002
+	printf 'Subject: forged\n\nforged by alice\n' > "$T/forged"
+	chmod 644 "$T/forged"
+	fifo_start -m "$T/home/%u/Maildir"
+	printf 'HELO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<alice@h.example>\r\nRCPT TO:<bob@h.example>\r\nDATA\r\nSubject: real\r\n\r\nfrom the client\r\n' >&4
+	local spool
+	spool=$(first_file_in "$T/home/alice/Maildir/tmp")
+	if [ "$1" = link ]; then
+		as_uid 2001 sh -c 'rm -f "$1" && ln -s "$2" "$1"' sh "$T/home/alice/Maildir/tmp/$spool" "$T/forged"
+	else
+		as_uid 2001 sh -c 'rm -f "$1" && cp "$2" "$1"' sh "$T/home/alice/Maildir/tmp/$spool" "$T/forged"
+	fi
+	printf '.\r\nQUIT\r\n' >&4
+	fifo_end
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	local f
+	f=$(ls "$T"/home/bob/Maildir/new/*)
+	[ -f "$f" ] && [ ! -L "$f" ]
+	grep -qx 'from the client' "$f"
+	! grep -q forged "$f"
+	[ "$(stat -c %u "$f")" -eq 2002 ]
+	[ "$(stat -c %h "$f")" -eq 1 ]
+}
+
+@test "root: alice swaps her tmp/ file during the data: bob still gets the client's bytes, as his own file" {
+	swap_during_data file
+}
+
+@test "root: alice swaps a symbolic link into her tmp/ during the data: bob gets a regular file of the client's bytes" {
+	swap_during_data link
+}
+
+@test "root: two users' Maildirs: each file is its Maildir owner's, mode 0600, a separate inode" {
+	need_root
+	user_maildir alice 2001
+	user_maildir bob 2002
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<alice@h>\r\nRCPT TO:<bob@h>\r\nDATA\r\nSubject: two\r\n\r\nhi\r\n.\r\nQUIT\r\n' |
+		"$SMTPD" -h test.example -m "$T/home/%u/Maildir" > "$T/out" 2> "$T/err"
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	local a b
+	a=$(ls "$T"/home/alice/Maildir/new/*)
+	b=$(ls "$T"/home/bob/Maildir/new/*)
+	[ "$(stat -c '%u:%g %a %h' "$a")" = '2001:2001 600 1' ]
+	[ "$(stat -c '%u:%g %a %h' "$b")" = '2002:2002 600 1' ]
+	[ "$(stat -c %i "$a")" != "$(stat -c %i "$b")" ]
+	cmp "$a" "$b"
+}
+
+@test "root: a link to bob's Maildir made by mallory is refused (451 4.3.0, nothing in bob's); bob's own alias works" {
+	need_root
+	user_maildir bob 2002
+	mkdir -p "$T/home/mallory" "$T/home/bobby"
+	chown 2003:2003 "$T/home/mallory"
+	chown 2002:2002 "$T/home/bobby"
+	as_uid 2003 ln -s "$T/home/bob/Maildir" "$T/home/mallory/Maildir"
+	as_uid 2002 ln -s "$T/home/bob/Maildir" "$T/home/bobby/Maildir"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<mallory@h>\r\nRCPT TO:<bobby@h>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n' |
+		"$SMTPD" -h test.example -m "$T/home/%u/Maildir" > "$T/out" 2> "$T/err"
+	sed -n 4p "$T/out" | grep -q '^451 4.3.0 '
+	sed -n 5p "$T/out" | grep -q '^250 2.1.5 '
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	[ "$(ls "$T/home/bob/Maildir/new" | wc -l)" -eq 1 ]
+	[ "$(stat -c %u "$T"/home/bob/Maildir/new/*)" -eq 2002 ]
+}
+
+@test "root: alice's tmp/ replaced by a link to bob's tmp/ is not a Maildir: nothing reaches bob" {
+	need_root
+	user_maildir alice 2001
+	user_maildir bob 2002
+	as_uid 2001 sh -c 'rmdir "$1/tmp" && ln -s "$2/tmp" "$1/tmp"' sh "$T/home/alice/Maildir" "$T/home/bob/Maildir"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<alice@h>\r\nDATA\r\nQUIT\r\n' |
+		"$SMTPD" -h test.example -m "$T/home/%u/Maildir" > "$T/out" 2> "$T/err"
+	sed -n 4p "$T/out" | grep -qE '^(550 5\.1\.1|451 4\.3\.0) '
+	[ -z "$(find "$T/home/bob/Maildir/tmp" "$T/home/bob/Maildir/new" -mindepth 1)" ]
+}
+
+@test "1000 recipients in 1000 distinct Maildirs under ulimit -n 64: all accepted, all delivered" {
+	local i
+	for i in $(seq 1 1000); do mkdir -p "$T/d/u$i/"{cur,new,tmp}; done
+	{
+		printf 'EHLO c\r\nMAIL FROM:<a@x>\r\n'
+		for i in $(seq 1 1000); do printf 'RCPT TO:<u%d@d>\r\n' "$i"; done
+		printf 'DATA\r\nSubject: many\r\n\r\nhello\r\n.\r\nQUIT\r\n'
+	} > "$T/in"
+	(ulimit -n 64 && exec "$SMTPD" -h test.example -r 1000 -m "$T/%d/%u" < "$T/in" > "$T/out" 2> "$T/err")
+	[ "$(grep -c '^250 2.1.5 ' "$T/out")" -eq 1000 ]
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	[ "$(find "$T"/d/*/new -type f | wc -l)" -eq 1000 ]
+	[ -z "$(find "$T"/d/*/tmp -type f)" ]
+}
+
+# stored_body FILE: the message without our Return-Path and Received fields
+stored_body() {
+	awk 'done { print; next } NR == 1 { next } /^Received:/ { r = 1; next }
+	     r && /^\t/ { next } { done = 1; print }' "$1"
+}
+
+@test "stored bytes never depend on the 128 KiB write buffer: BDAT and DATA agree at every size" {
+	local n
+	for n in 1 100 131000 131063 131064 131072 131073 140000 262150; do
+		rm -rf "$T/m" "$T/b" && mkdir "$T/m" "$T/b"
+		{ printf 'S: x\n\n'; head -c "$n" /dev/zero | tr '\0' a; printf '\n'; } > "$T/want"
+		{ printf 'EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT %d LAST\r\nS: x\r\n\r\n' $((n + 8))
+		  head -c "$n" /dev/zero | tr '\0' a; printf 'QUIT\r\n'; } > "$T/in.bdat"
+		"$SMTPD" -h test.example -m "$T/b/Maildir" < "$T/in.bdat" > "$T/out" 2> "$T/err"
+		grep -q '^250 2.0.0 .* delivered' "$T/out"
+		{ printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nS: x\r\n\r\n'
+		  head -c "$n" /dev/zero | tr '\0' a; printf '\r\n.\r\nQUIT\r\n'; } > "$T/in.data"
+		"$SMTPD" -h test.example -m "$T/m/Maildir" < "$T/in.data" > "$T/out" 2> "$T/err"
+		grep -q '^250 2.0.0 .* delivered' "$T/out"
+		stored_body "$T"/b/Maildir/new/* | cmp - "$T/want" || { echo "BDAT, n=$n"; return 1; }
+		stored_body "$T"/m/Maildir/new/* | cmp - "$T/want" || { echo "DATA, n=$n"; return 1; }
+	done
+}
+
+@test "LMTP: two recipients failing for different reasons each get their own code" {
+	mkdir -p "$T/y/"{b,c,d}/{cur,new,tmp}
+	# Staging links c and d from b's spool: the first link fails with ENOSPC, the second EIO.
+	printf 'LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nRCPT TO:<d@y>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n' |
+		FAULT_CALL=linkat FAULT_NTH=1 FAULT_ERRNO=ENOSPC,EIO LD_PRELOAD=$SHIM \
+			"$SMTPD" -L -h test.example -m "$T/%d/%u" > "$T/out" 2> "$T/err"
+	tr -d '\r' < "$T/out" | sed -n '/^354 /,$p' | sed -n '2,4p' > "$T/final"
+	grep -q '^250 2.0.0 .* delivered' <(sed -n 1p "$T/final")
+	grep -q '^452 4.3.1 ' <(sed -n 2p "$T/final")
+	grep -q '^451 4.3.0 ' <(sed -n 3p "$T/final")
+	[ "$(ls "$T/y/b/new" | wc -l)" -eq 1 ]
+	[ -z "$(find "$T"/y/[cd]/new "$T"/y/[cd]/tmp -mindepth 1)" ]
+	grep -q ' failed .*to=<c@y> .*errno=ENOSPC reply=452 code=4.3.1$' "$T/err"
+	grep -q ' failed .*to=<d@y> .*errno=EIO reply=451 code=4.3.0$' "$T/err"
+}
+
+@test "an empty message (DATA, then the dot) gets the empty line after our two fields" {
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n.\r\nQUIT\r\n' |
+		"$SMTPD" -h test.example -m "$T/Maildir" > "$T/out" 2> "$T/err"
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	local f
+	f=$(ls "$T"/Maildir/new/*)
+	[ "$(stored_body "$f" | od -An -c | tr -d ' ')" = '\n' ]
+	[ "$(tail -c 1 "$f" | od -An -c | tr -d ' ')" = '\n' ]
+}
