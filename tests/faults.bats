@@ -1,6 +1,7 @@
 #!/usr/bin/env bats
-# Faults: every write, fsync, openat, linkat, renameat and mkdir of a session made to fail in
-# turn (tests/faultinject.c), a real full disk, unwritable Maildirs, SIGKILL at random points.
+# Faults: every write, fsync, openat, linkat, renameat, mkdir and fchown of a session made to
+# fail in turn (tests/faultinject.c), watched by a reader of every new/ (inotifywait); a real
+# full disk, unwritable Maildirs, SIGKILL at random points.
 # Whatever fails, a message is in new/ only if its 250 was sent, a 250 is sent only when the
 # message is in new/ of every recipient, and nothing is left in tmp/.
 
@@ -20,14 +21,58 @@ teardown() {
 	rm -rf "$T"
 }
 
-# Two transactions: the first to three recipients in two Maildirs (b twice, c), the second to b.
+# Two transactions: the first to four recipients in three Maildirs (b twice, c, d), the second
+# to b.
 walk_input() {
-	printf 'EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nRCPT TO:<b+t@y.example>\r\nRCPT TO:<c@y.example>\r\nDATA\r\nSubject: txn1\r\n\r\nfirst\r\n.\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nSubject: txn2\r\n\r\nsecond\r\n.\r\nQUIT\r\n'
+	printf 'EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nRCPT TO:<b+t@y.example>\r\nRCPT TO:<c@y.example>\r\nRCPT TO:<d@y.example>\r\nDATA\r\nSubject: txn1\r\n\r\nfirst\r\n.\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nSubject: txn2\r\n\r\nsecond\r\n.\r\nQUIT\r\n'
 }
 
+# d gets a hard link of b's file; as root c belongs to another user, so that c gets a copy of
+# its own and the walk meets the copy's calls (and fchown) too.
 fresh_maildirs() {
 	rm -rf "$T/root"
-	mkdir -p "$T/root/y.example/b/"{cur,new,tmp} "$T/root/y.example/c/"{cur,new,tmp}
+	mkdir -p "$T/root/y.example/"{b,c,d}/{cur,new,tmp}
+	[ "$(id -u)" -ne 0 ] || chown -R 2002:2002 "$T/root/y.example/c"
+}
+
+# A reader's view: every name that appears in any new/ during the run, in $T/seen.
+watch_new_start() {
+	local i
+	: > "$T/watch.err"
+	inotifywait -m -e create -e moved_to --format '%f' "$T"/root/y.example/*/new \
+		> "$T/seen" 2> "$T/watch.err" &
+	WPID=$!
+	for i in $(seq 250); do
+		grep -q 'Watches established' "$T/watch.err" && return 0
+		sleep 0.01
+	done
+	echo "inotifywait did not start" >&2
+	return 1
+}
+
+watch_new_stop() {
+	kill "$WPID" 2>/dev/null || true
+	wait "$WPID" 2>/dev/null || true
+}
+
+# A file of a transaction that got no 250 was never visible, unless the failure came while
+# publishing (reopening tmp/ or new/, the rename, the fsync of new/): the window README names.
+check_reader_view() {
+	local name id
+	while read -r name; do
+		id=$(echo "$name" | sed -E 's/^([0-9]+\.M[0-9]+P[0-9]+Q[0-9]+)\..*/\1/')
+		grep -q "^250 2.0.0 $id delivered" "$T/out" && continue
+		grep -qE ' op=(open-tmp|open-new|rename-into-new|fsync-new) ' "$T/err" && continue
+		echo "a reader saw $name in new/, and its transaction got no 250"
+		return 1
+	done < "$T/seen"
+}
+
+# rcpt_accepted c|d: the reply to txn1's RCPT for that box was 250 (a fault can refuse it)
+rcpt_accepted() {
+	local nth
+	case $1 in c) nth=3 ;; d) nth=4 ;; esac
+	tr -d '\r' < "$T/out" | sed -n '/^250 2\.1\.0 /,$p' | sed -n "$((nth + 1))p" | grep -q '^250 2\.1\.5 '
 }
 
 # check_invariants ERRNO: what must hold after any run, whatever failed.
@@ -43,10 +88,13 @@ check_invariants() {
 		f=$(ls "$T"/root/y.example/b/new/"$id".* 2>/dev/null | head -1)
 		[ -n "$f" ] || { echo "250 for $id, but not in b/new"; return 1; }
 		subject=$(sed -n 's/^Subject: //p' "$f")
-		# c got txn1 only if its RCPT (the third) was accepted: a fault can refuse it.
-		if [ "$subject" = txn1 ] && [ "$(grep -c '^250 2.1.5 ' "$T/out")" -ge 4 ]; then
-			ls "$T"/root/y.example/c/new/"$id".* >/dev/null 2>&1 || { echo "250 for $id, not in c/new"; return 1; }
-		fi
+		[ "$subject" = txn1 ] || continue
+		# c and d got txn1 only if their RCPTs (the third, the fourth) were accepted.
+		for box in c d; do
+			rcpt_accepted "$box" || continue
+			ls "$T"/root/y.example/$box/new/"$id".* >/dev/null 2>&1 ||
+				{ echo "250 for $id, not in $box/new"; return 1; }
+		done
 	done
 	grep -qE '^(221|421) ' "$T/out" || { echo "the session did not end with 221 or 421"; return 1; }
 	if grep -qE '^smtpd\[[0-9]+\]: (failed|rejected) ' "$T/err"; then
@@ -61,7 +109,7 @@ check_invariants() {
 @test "fault walk: every call of every kind fails in turn, with each errno; the promises hold" {
 	local fn count n errno points=0 failed_txn=0
 	walk_input > "$T/in"
-	for fn in write fsync openat linkat renameat mkdir; do
+	for fn in write fsync openat linkat renameat mkdir fchown; do
 		fresh_maildirs
 		rm -f "$T/trace"
 		FAULT_CALL=$fn FAULT_NTH=0 FAULT_TRACE=$T/trace LD_PRELOAD=$SHIM \
@@ -71,9 +119,11 @@ check_invariants() {
 		for n in $(seq 1 "$count"); do
 			for errno in ENOSPC EDQUOT EIO EACCES EROFS; do
 				fresh_maildirs
+				watch_new_start
 				FAULT_CALL=$fn FAULT_NTH=$n FAULT_ERRNO=$errno LD_PRELOAD=$SHIM \
 					"$SMTPD" -h test.example -m "$T/root/%d/%u" < "$T/in" > "$T/out" 2> "$T/err" || true
-				check_invariants "$errno" || {
+				watch_new_stop
+				{ check_invariants "$errno" && check_reader_view; } || {
 					echo "FAULT_CALL=$fn FAULT_NTH=$n FAULT_ERRNO=$errno"
 					cat "$T/out" "$T/err"
 					return 1
@@ -114,7 +164,7 @@ check_invariants() {
 @test "fault walk: the new/ directory's fsync failing takes the message back out of new/" {
 	walk_input > "$T/in"
 	fresh_maildirs
-	# fsyncs of message 1: the file, then new/ of b, then new/ of c.
+	# fsyncs of message 1: its file (as root also c's copy), then new/ of b, c, d: the third is a new/.
 	FAULT_CALL=fsync FAULT_NTH=3 FAULT_ERRNO=EIO LD_PRELOAD=$SHIM \
 		"$SMTPD" -h test.example -m "$T/root/%d/%u" < "$T/in" > "$T/out" 2> "$T/err"
 	grep -q '^451 4.3.0' "$T/out"
