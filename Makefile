@@ -55,6 +55,20 @@ tests/fuzz/fuzz_session: tests/fuzz/fuzz_session.c session.c mailbox.c smtp.h
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 		-o $@ tests/fuzz/fuzz_session.c session.c mailbox.c
 
+# Line and branch coverage of the whole suite (gcc --coverage, gcovr), per file. The binary
+# and its counters live in cov/, writable by every user a launcher test runs smtpd as.
+COVERAGE_SUITES ?= tests
+coverage: $(SRC) smtp.h tests/faultinject.so
+	rm -rf cov && mkdir -m 777 cov
+	$(CC) --coverage -O0 $(WARN) -o cov/smtpd $(SRC)
+	chmod -R a+rwX cov
+	-SMTPD=$(CURDIR)/cov/smtpd bats $(COVERAGE_SUITES) | grep -v '^ok '
+	@for kind in lines branches; do \
+		opt=; [ $$kind = branches ] && opt=--branches; \
+		gcovr -r . --object-directory cov $$opt $(SRC:%=--filter %) | \
+		awk -v k=$$kind '$$1 ~ /\.c$$/ || $$1 == "TOTAL" { printf "%-10s %-8s %5s of %5s  %s\n", $$1, k, $$3, $$2, $$4 }'; \
+	done
+
 # A benchmark, not a test: figures for smtpd next to bench/floor.c (see bench/run.sh).
 bench: smtpd smtpd-static
 	bash bench/run.sh
@@ -78,6 +92,6 @@ format-check:
 	clang-format --dry-run --Werror $(SRC) smtp.h
 
 clean:
-	rm -rf smtpd smtpd-asan smtpd-static tests/faultinject.so tests/fuzz/fuzz_session demo
+	rm -rf smtpd smtpd-asan smtpd-static tests/faultinject.so tests/fuzz/fuzz_session demo cov
 
-.PHONY: all bench static check check-static check-valgrind fuzz demo install format format-check clean
+.PHONY: all bench coverage static check check-static check-valgrind fuzz demo install format format-check clean
