@@ -26,8 +26,13 @@ static: smtpd-static
 tests/faultinject.so: tests/faultinject.c
 	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ tests/faultinject.c -ldl
 
-check: format-check smtpd smtpd-asan tests/faultinject.so
+# What the tests need comes first, so that a missing tool (clang-format too) is named, or
+# installed when root, before anything uses it.
+deps:
 	@sh tests/deps.sh --check-only || { [ "$$(id -u)" = 0 ] && sh tests/deps.sh; } || exit 1
+
+check: deps
+	@$(MAKE) --no-print-directory format-check smtpd smtpd-asan tests/faultinject.so
 	@SMTPD=$(CURDIR)/smtpd sh tests/run.sh plain
 	@SMTPD=$(CURDIR)/smtpd-asan ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 sh tests/run.sh asan
@@ -80,4 +85,4 @@ format-check:
 clean:
 	rm -rf smtpd smtpd-asan smtpd-static tests/faultinject.so tests/fuzz/fuzz_session demo
 
-.PHONY: all bench static check check-static check-valgrind fuzz demo install format format-check clean
+.PHONY: all bench deps static check check-static check-valgrind fuzz demo install format format-check clean
