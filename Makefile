@@ -68,13 +68,18 @@ demo: smtpd
 	@rm -rf demo && mkdir demo
 	@for t in examples/*.txt; do \
 		echo "== $$t: ./smtpd -h demo.example -m ./demo/Maildir < $$t"; \
-		./smtpd -h demo.example -m ./demo/Maildir < $$t 2>/dev/null; echo; done
+		echo "-- sent (C:) and replies (S:)"; sed 's/^/C: /' $$t; \
+		./smtpd -h demo.example -m ./demo/Maildir < $$t 2>/dev/null | tr -d '\r' | sed 's/^/S: /'; \
+		echo; done
 	@for f in demo/Maildir/new/*; do echo "== $$f"; cat "$$f"; echo; done
 
 install: smtpd
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8
 	install -m 755 smtpd $(DESTDIR)$(PREFIX)/sbin/smtpd
 	install -m 644 smtpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/smtpd.8
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/smtpd $(DESTDIR)$(PREFIX)/share/man/man8/smtpd.8
 
 format:
 	clang-format -i $(SRC) smtp.h
@@ -85,4 +90,4 @@ format-check:
 clean:
 	rm -rf smtpd smtpd-asan smtpd-static tests/faultinject.so tests/fuzz/fuzz_session demo
 
-.PHONY: all bench deps static check check-static check-valgrind fuzz demo install format format-check clean
+.PHONY: all bench deps static check check-static check-valgrind fuzz demo install uninstall format format-check clean

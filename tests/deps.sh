@@ -60,22 +60,24 @@ apt-get update -q >/dev/null || status=1
 [ "$status" = 0 ] && { apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 \
 	$missing >/dev/null || status=1; }
 
-# Disable what the installation enabled: systemd units through deb-systemd-helper (so that a
-# later upgrade keeps them disabled), SysV links through update-rc.d.
+# Disable what the installation enabled: systemd's links (once they are gone, Debian's
+# maintainer scripts keep the unit disabled on upgrades) and SysV start links.
 links >"$after"
+done=""
 for l in $(comm -13 "$before" "$after"); do
 	case "$l" in
 	/etc/systemd/system/*.wants/*)
 		unit=${l##*/}
-		if command -v deb-systemd-helper >/dev/null; then
-			deb-systemd-helper --quiet disable "$unit" 2>/dev/null
-		fi
-		[ -L "$l" ] && rm -f "$l"
-		echo "deps.sh: left $unit disabled" >&2
+		systemctl disable --quiet --no-reload "$unit" 2>/dev/null || true
+		rm -f "$l"
+		echo "deps.sh: $unit left disabled" >&2
 		;;
 	/etc/rc[2-5].d/S*)
 		name=${l##*/S[0-9][0-9]}
-		update-rc.d "$name" disable >/dev/null 2>&1 || rm -f "$l"
+		case " $done " in *" $name "*) continue ;; esac
+		done="$done $name"
+		update-rc.d "$name" disable >/dev/null 2>&1 || rm -f /etc/rc[2-5].d/S[0-9][0-9]"$name"
+		echo "deps.sh: $name (SysV) left disabled" >&2
 		;;
 	esac
 done
