@@ -8,7 +8,8 @@
 # services the installation enabled are disabled again afterwards.
 set -u
 packages="bats swaks xinetd ucspi-tcp-ipv6 socat haproxy dovecot-imapd curl python3 strace
-time valgrind mandoc faketime clang-format iproute2 util-linux systemd clang libclang-rt-14-dev musl-tools"
+time valgrind mandoc faketime clang-format iproute2 util-linux systemd clang libclang-rt-14-dev musl-tools
+netcat-openbsd openssl"
 policy=/usr/sbin/policy-rc.d
 missing=""
 for p in $packages; do
