@@ -18,7 +18,7 @@ done
 [ -z "$missing" ] && exit 0
 if [ "${1:-}" = --check-only ]; then
 	echo "tests need:$missing" >&2
-	echo "install them as root with: sh tests/deps.sh (or apt-get install -y$missing with services held back)" >&2
+	echo "install them as root with: sh tests/deps.sh (it starts and enables no service)" >&2
 	exit 1
 fi
 if [ "$(id -u)" != 0 ]; then
