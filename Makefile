@@ -26,8 +26,13 @@ static: smtpd-static
 tests/faultinject.so: tests/faultinject.c
 	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ tests/faultinject.c -ldl
 
-check: format-check smtpd smtpd-asan tests/faultinject.so
+# What the tests need comes first, so that a missing tool (clang-format too) is named, or
+# installed when root, before anything uses it.
+deps:
 	@sh tests/deps.sh --check-only || { [ "$$(id -u)" = 0 ] && sh tests/deps.sh; } || exit 1
+
+check: deps
+	@$(MAKE) --no-print-directory format-check smtpd smtpd-asan tests/faultinject.so
 	@SMTPD=$(CURDIR)/smtpd sh tests/run.sh plain
 	@SMTPD=$(CURDIR)/smtpd-asan ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 sh tests/run.sh asan
@@ -77,13 +82,18 @@ demo: smtpd
 	@rm -rf demo && mkdir demo
 	@for t in examples/*.txt; do \
 		echo "== $$t: ./smtpd -h demo.example -m ./demo/Maildir < $$t"; \
-		./smtpd -h demo.example -m ./demo/Maildir < $$t 2>/dev/null; echo; done
+		echo "-- sent (C:) and replies (S:)"; sed 's/^/C: /' $$t; \
+		./smtpd -h demo.example -m ./demo/Maildir < $$t 2>/dev/null | tr -d '\r' | sed 's/^/S: /'; \
+		echo; done
 	@for f in demo/Maildir/new/*; do echo "== $$f"; cat "$$f"; echo; done
 
 install: smtpd
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8
 	install -m 755 smtpd $(DESTDIR)$(PREFIX)/sbin/smtpd
 	install -m 644 smtpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/smtpd.8
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/smtpd $(DESTDIR)$(PREFIX)/share/man/man8/smtpd.8
 
 format:
 	clang-format -i $(SRC) smtp.h
@@ -94,4 +104,4 @@ format-check:
 clean:
 	rm -rf smtpd smtpd-asan smtpd-static tests/faultinject.so tests/fuzz/fuzz_session demo cov
 
-.PHONY: all bench coverage static check check-static check-valgrind fuzz demo install format format-check clean
+.PHONY: all bench coverage deps static check check-static check-valgrind fuzz demo install uninstall format format-check clean
