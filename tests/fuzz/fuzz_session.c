@@ -49,6 +49,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	make_maildir(path);
 	snprintf(path, sizeof path, "%s/y.example/c", root);
 	make_maildir(path);
+	/* As root, c belongs to another user: its recipients get a copy, b's a hard link. */
+	if (geteuid() == 0)
+		for (const char *const *d = (const char *const[]){"", "/cur", "/new", "/tmp", NULL}; *d;
+		     d++) {
+			char sub[600];
+			snprintf(sub, sizeof sub, "%s%s", path, *d);
+			if (chown(sub, 2002, 2002) != 0)
+				abort();
+		}
 	snprintf(out_path, sizeof out_path, "%s/out", root);
 	snprintf(in_path, sizeof in_path, "%s/in", root);
 	return 0;
