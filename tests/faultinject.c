@@ -1,5 +1,6 @@
 /* An LD_PRELOAD shim for tests: makes one chosen call to write, fsync, open, openat, mkdir,
- * mkdirat, link, linkat, rename, renameat or fchown fail with a chosen errno.
+ * mkdirat, link, linkat, rename, renameat, fchown, fstat, fstatat, pread, unlinkat or readlinkat
+ * fail with a chosen errno.
  *   FAULT_CALL=fsync      the function to fail (write and fsync count only fds above 2,
  *                         so the replies on fds 0-2 are never hit)
  *   FAULT_NTH=3           fail its 3rd call; 0 fails none and only counts
@@ -186,4 +187,34 @@ int renameat(int fromdir, const char *from, int todir, const char *to)
 int fchown(int fd, uid_t uid, gid_t gid)
 {
 	return should_fail("fchown") ? -1 : REAL(fchown)(fd, uid, gid);
+}
+
+int fstat(int fd, struct stat *st)
+{
+	return fd > 2 && should_fail("fstat") ? -1 : REAL(fstat)(fd, st);
+}
+
+int fstatat(int dir, const char *path, struct stat *st, int flags)
+{
+	return should_fail("fstatat") ? -1 : REAL(fstatat)(dir, path, st, flags);
+}
+
+ssize_t pread(int fd, void *buf, size_t len, off_t off)
+{
+	return should_fail("pread") ? -1 : REAL(pread)(fd, buf, len, off);
+}
+
+ssize_t pread64(int fd, void *buf, size_t len, off_t off)
+{
+	return should_fail("pread") ? -1 : REAL(pread64)(fd, buf, len, off);
+}
+
+int unlinkat(int dir, const char *path, int flags)
+{
+	return should_fail("unlinkat") ? -1 : REAL(unlinkat)(dir, path, flags);
+}
+
+ssize_t readlinkat(int dir, const char *path, char *buf, size_t len)
+{
+	return should_fail("readlinkat") ? -1 : REAL(readlinkat)(dir, path, buf, len);
 }

@@ -138,6 +138,78 @@ check_invariants() {
 	[ "$failed_txn" -ge 10 ]
 }
 
+# wide_input: an LMTP session to 18 Maildirs (b to s of w.example): past the 16 Maildirs that
+# keep a descriptor, so that the rest are opened again by their path at commit.
+WIDE_BOXES="b c d e f g h i j k l m n o p q r s"
+wide_input() {
+	local u
+	printf 'LHLO c\r\nMAIL FROM:<a@x.example>\r\n'
+	for u in $WIDE_BOXES; do printf 'RCPT TO:<%s@w.example>\r\n' "$u"; done
+	printf 'DATA\r\nSubject: wide\r\n\r\nto many\r\n.\r\nQUIT\r\n'
+}
+
+fresh_wide() {
+	local u
+	rm -rf "$T/root" "$T/catch"
+	mkdir "$T/catch"
+	for u in $WIDE_BOXES; do mkdir -p "$T/root/w.example/$u/"{cur,new,tmp}; done
+	[ "$(id -u)" -ne 0 ] || chown -R 2002:2002 "$T/root/w.example/c"
+}
+
+# In LMTP each recipient stands alone: a file in new/ for every 250 and for nothing else.
+check_wide() {
+	local f id delivered files
+	[ -z "$(find "$T/root" "$T/catch" -path "$T/*/tmp/*" -type f)" ] || { echo "stray file in tmp/"; return 1; }
+	for f in $(find "$T/root" "$T/catch" -path "$T/*/new/*" -type f); do
+		id=$(basename "$f" | sed -E 's/^([0-9]+\.M[0-9]+P[0-9]+Q[0-9]+)\..*/\1/')
+		grep -q "^250 2.0.0 $id delivered" "$T/out" || { echo "$f in new/ without a 250"; return 1; }
+	done
+	delivered=$(grep -c '^250 2.0.0 .* delivered' "$T/out" || true)
+	files=$(find "$T/root" "$T/catch" -path "$T/*/new/*" -type f | wc -l)
+	[ "$delivered" -eq "$files" ] || { echo "$delivered times 250, $files files"; return 1; }
+	grep -qE '^(221|421) ' "$T/out" || { echo "the session did not end with 221 or 421"; return 1; }
+}
+
+@test "fault walk, wide: LMTP to 18 Maildirs and a catch-all made on the spot; every call of more kinds fails in turn" {
+	local fn count n mode points=0
+	# Hundreds of sessions with 18 fsyncs each: on tmpfs when there is one, to stay quick.
+	if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+		rm -rf "$T"
+		T=$(mktemp -d -p /dev/shm)
+	fi
+	for mode in wide catch; do
+		if [ "$mode" = wide ]; then
+			wide_input > "$T/in"
+			set -- -L -m "$T/root/%d/%u"
+		else
+			walk_input > "$T/in"
+			set -- -m "$T/catch/Maildir"
+		fi
+		for fn in openat fstat fstatat fsync linkat renameat mkdir mkdirat fchown pread unlinkat write; do
+			fresh_wide
+			rm -f "$T/trace"
+			FAULT_CALL=$fn FAULT_NTH=0 FAULT_TRACE=$T/trace LD_PRELOAD=$SHIM \
+				"$SMTPD" -h test.example "$@" < "$T/in" > "$T/out" 2> "$T/err" || true
+			count=$(wc -l < "$T/trace" 2>/dev/null || echo 0)
+			echo "# $mode $fn: $count calls" >&3
+			# Of a long run of calls, the first 20 (RCPT) and the last 40 (commit).
+			for n in $(seq 1 "$count" | awk -v c="$count" 'NR <= 20 || NR > c - 40'); do
+				fresh_wide
+				FAULT_CALL=$fn FAULT_NTH=$n FAULT_ERRNO=EIO LD_PRELOAD=$SHIM \
+					"$SMTPD" -h test.example "$@" < "$T/in" > "$T/out" 2> "$T/err" || true
+				check_wide || {
+					echo "$mode: FAULT_CALL=$fn FAULT_NTH=$n"
+					cat "$T/out" "$T/err"
+					return 1
+				}
+				points=$((points + 1))
+			done
+		done
+	done
+	echo "# walked $points fault points" >&3
+	[ "$points" -ge 100 ]
+}
+
 @test "fault walk: a one-off fault leaves the session able to deliver the next message" {
 	walk_input > "$T/in"
 	fresh_maildirs
