@@ -2,7 +2,7 @@
 # Installs what the test suite needs (Debian 12 package names). With --check-only it installs
 # nothing and fails, naming what is missing.
 set -u
-packages="bats swaks xinetd ucspi-tcp-ipv6 socat haproxy dovecot-imapd curl python3 strace
+packages="bats swaks libio-socket-ssl-perl openssl xinetd ucspi-tcp-ipv6 socat haproxy dovecot-imapd curl python3 strace
 time valgrind mandoc faketime clang-format iproute2 util-linux systemd clang libclang-rt-14-dev musl-tools"
 missing=""
 for p in $packages; do
