@@ -258,6 +258,36 @@ assert r.reply()[0].endswith(" delivered")
 	sed -n 4p "$F" | grep -qP '^\tby mx\.test\.example \(smtpd\) with UTF8SMTPS id '
 }
 
+@test "after HELO over TLS, Received: says SMTP, with the TLS comment" {
+	t_launch --
+	t_py '
+r = Raw(); r.reply()
+r.send(b"HELO client.example\r\n"); r.reply()
+r.send(b"STARTTLS\r\n"); expect(r.reply(), ["220 2.0.0 Ready to start TLS"])
+r.tls("1.2")
+r.send(b"HELO client.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n")
+expect([r.reply()[0] for _ in range(4)], ["250 mx.test.example", "250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"])
+r.send(b"Subject: h\r\n\r\nh\r\n.\r\nQUIT\r\n")
+assert r.reply()[0].endswith(" delivered")
+'
+	t_one
+	t_received_tls TLSv1.2 SMTP
+}
+
+@test "details past 16 KiB from the launcher end the session, nothing answered, exit 1" {
+	t_launch --pad 16400 --
+	t_py '
+r = Raw(); r.reply()
+r.send(b"EHLO client.example\r\nSTARTTLS\r\n"); r.reply()
+expect(r.reply(), ["220 2.0.0 Ready to start TLS"])
+r.tls()
+r.send(b"EHLO client.example\r\n")
+expect(r.rest(), b"")
+'
+	t_status "exit=1 tls=ok"
+	grep -qE "^smtpd\\[$SPID\\]: session .* end=tls failed " "$T/launcher.log"
+}
+
 @test "injection: what is pipelined after STARTTLS is never answered, inside or outside TLS" {
 	t_launch --
 	t_py '

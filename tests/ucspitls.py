@@ -9,7 +9,7 @@ server side of the TLS handshake on the socket, writes the connection details
 session and the two pipes. A failed handshake closes the control fd and the pipes.
 
 usage: ucspitls.py --cert FILE --key FILE --port-file FILE --status-file FILE
-                   [--tls-max 1.2|1.3] [--no-env] [--bad-fd] -- program [args...]
+                   [--tls-max 1.2|1.3] [--no-env] [--bad-fd] [--pad N] -- program [args...]
 
 The chosen port is written to --port-file; one line "pid=N exit=S tls=T" per session
 is appended to --status-file, T saying how the handshake went (none, ok, failed).
@@ -56,9 +56,10 @@ def handshake(sock, obj, incoming, outgoing):
             incoming.write(data)
 
 
-def details(obj):
+def details(obj, pad):
     name, _, bits = obj.cipher()
-    items = [
+    items = ["SSL_PAD=" + "x" * pad] if pad else []
+    items += [
         "SSL_PROTOCOL=" + obj.version(),
         "SSL_CIPHER=" + name,
         "SSL_CIPHER_USEKEYSIZE=%d" % bits,
@@ -159,7 +160,7 @@ def session(conn, args, ctx):
             if tls != "failed":
                 tls = "ok"
                 if command == b"Y":
-                    ctl_parent.sendall(details(obj))
+                    ctl_parent.sendall(details(obj, args.pad))
                 ctl_parent.close()
                 relay(conn, obj, incoming, outgoing, rd_w, wr_r)
                 rd_w = None
@@ -186,6 +187,7 @@ def main():
     p.add_argument("--tls-max", choices=("1.2", "1.3"), default="1.3")
     p.add_argument("--no-env", action="store_true", help="no SSL*FD variables")
     p.add_argument("--bad-fd", action="store_true", help="SSLCTLFD names a closed fd")
+    p.add_argument("--pad", type=int, default=0, help="a first variable of this many octets")
     p.add_argument("program", nargs="+")
     args = p.parse_args()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
