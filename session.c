@@ -1639,6 +1639,16 @@ static void keep_tls_info(struct session *s, const char *info)
 	text_add(&t, alg);
 }
 
+/* The launcher may give one fd for control and clear text (ucspi-tls(2) allows it): then what
+ * came after the list is the client's first input under TLS. */
+static void keep_after_info(struct session *s, size_t end, size_t len)
+{
+	if (s->cfg->tls_ctl != s->cfg->tls_rd || end >= len)
+		return;
+	memmove(s->in, s->in + end, len - end);
+	s->in_end = len - end;
+}
+
 /* Asks the launcher to start TLS with "Y" and reads back what it says of the connection,
  * which it writes once the handshake is over: so the -t and -T deadlines bound a handshake
  * that never ends. The list ends at its first empty entry; EOF before that is a failed
@@ -1659,6 +1669,8 @@ static bool tls_handshake(struct session *s)
 			if (s->in[e] == '\0') {
 				s->in[len] = '\0';
 				keep_tls_info(s, (const char *)s->in);
+				keep_after_info(
+					s, e == 0 && len > 1 && s->in[1] == '\0' ? 2 : e + 1, len);
 				return true;
 			}
 			e += strnlen((const char *)s->in + e, len - e);

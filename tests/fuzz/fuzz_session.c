@@ -2,10 +2,11 @@
  * and mailbox.c, delivering into a scratch Maildir root. After each session it checks what
  * the contract promises and aborts when a promise is broken.
  *
- * The first byte chooses the mode (bit 0 templates, 1 LMTP, 2 PROXY, 3 STARTTLS offered). With
- * STARTTLS the rest is "clear text" TLS_SEP "launcher's details" TLS_SEP "text under TLS": the
- * control fd is a socketpair whose other end holds the details, the read and write fds are
- * two more files, as a UCSPI-TLS launcher would give them. */
+ * The first byte chooses the mode (bit 0 templates, 1 LMTP, 2 PROXY, 3 STARTTLS offered, 4 one
+ * fd for TLS control and input). With STARTTLS the rest is "clear text" TLS_SEP "launcher's
+ * details" TLS_SEP "text under TLS": the control fd is a socketpair whose other end holds the
+ * details, the read and write fds are two more files, as a UCSPI-TLS launcher would give them;
+ * with bit 4 the text under TLS follows the details on the control fd itself. */
 #define _GNU_SOURCE
 #include "../../smtp.h"
 
@@ -193,6 +194,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 		.proxy = size > 0 && (data[0] & 4),
 		.tls = size > 0 && (data[0] & 8),
 	};
+	bool one_fd = size > 0 && (data[0] & 16);
 	const unsigned char *clear = data + (size > 0), *info = NULL, *secret = NULL;
 	size_t pos = size > 0, clear_len = size > 0 ? size - 1 : 0, info_len = 0, secret_len = 0;
 	int ctl[2];
@@ -207,15 +209,18 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 	}
 	if (info_len > 4096)
 		info_len = 4096; /* what a socketpair surely holds */
+	if (secret_len > 4096)
+		secret_len = 4096;
 	int in = file_with(in_path, clear, clear_len);
 	int out = file_with(out_path, NULL, 0);
 	int tls_in = file_with(tls_in_path, secret, secret_len);
 	int tls_out = file_with(tls_out_path, NULL, 0);
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, ctl) != 0 ||
 	    (info_len > 0 && write(ctl[1], info, info_len) != (ssize_t)info_len) ||
+	    (one_fd && secret_len > 0 && write(ctl[1], secret, secret_len) != (ssize_t)secret_len) ||
 	    shutdown(ctl[1], SHUT_WR) != 0)
 		abort();
-	cfg.tls_ctl = ctl[0], cfg.tls_rd = tls_in, cfg.tls_wr = tls_out;
+	cfg.tls_ctl = ctl[0], cfg.tls_rd = one_fd ? ctl[0] : tls_in, cfg.tls_wr = tls_out;
 	int saved_in = dup(0), saved_out = dup(1);
 	dup2(in, 0);
 	dup2(out, 1);
