@@ -59,6 +59,8 @@ enum reply_id {
 	RPL_TEMP,
 	RPL_FULL,
 	RPL_LOOP,
+	RPL_TLS_GO,
+	RPL_TLS_ACTIVE,
 };
 
 static const struct {
@@ -107,6 +109,8 @@ static const struct {
 	[RPL_TEMP] = { "451 4.3.0 Local error in delivery", false },
 	[RPL_FULL] = { "452 4.3.1 Insufficient system storage", false },
 	[RPL_LOOP] = { "554 5.4.6 Too many Received headers (mail loop)", false },
+	[RPL_TLS_GO] = { "220 2.0.0 Ready to start TLS", false },
+	[RPL_TLS_ACTIVE] = { "503 5.5.1 TLS already active", true },
 };
 
 static const enum reply_id md_replies[] = {
@@ -152,7 +156,11 @@ struct session {
 	enum input_mode input;
 	enum line_ends ends;
 	bool done, greeted, extended;
-	bool fd_not_socket[2]; /* fd 0 or 1 said ENOTSOCK: poll() before every read or write */
+	int fd[2];             /* where commands come from and replies go: 0 and 1, or TLS's */
+	bool fd_not_socket[2]; /* fd[0] or fd[1] said ENOTSOCK: poll() before every read or write */
+	bool tls_on;           /* STARTTLS done: fd[] are the launcher's clear-text pipes */
+	char tls_protocol[TLS_NAME_MAX + 1], tls_cipher[TLS_NAME_MAX + 1]; /* "" when not told */
+	char tls_bits[16]; /* "256/256" from the key sizes, or "" */
 	int exit_status;
 	const char *end_reason;
 	unsigned bad_commands;
@@ -246,8 +254,8 @@ static void end_session(struct session *s, int status, const char *reason)
 static ssize_t try_io(struct session *s, int fd, void *buf, size_t len)
 {
 	if (!s->fd_not_socket[fd]) {
-		ssize_t n = fd == 0 ? recv(0, buf, len, MSG_DONTWAIT)
-				    : send(1, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		ssize_t n = fd == 0 ? recv(s->fd[0], buf, len, MSG_DONTWAIT)
+				    : send(s->fd[1], buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (n >= 0 || errno != ENOTSOCK)
 			return n < 0 && errno == EWOULDBLOCK ? (errno = EAGAIN, -1) : n;
 		s->fd_not_socket[fd] = true;
@@ -256,16 +264,23 @@ static ssize_t try_io(struct session *s, int fd, void *buf, size_t len)
 	return -1;
 }
 
-/* Waits until fd is ready, or returns 0 when it is not by the idle or whole-session deadline. */
-static int wait_ready(struct session *s, int fd)
+/* Waits until fd is ready for events, or returns 0 when it is not by the idle or whole-session
+ * deadline. */
+static int poll_fd(struct session *s, int fd, short events)
 {
-	struct pollfd pfd = { .fd = fd, .events = fd == 0 ? POLLIN : POLLOUT };
+	struct pollfd pfd = { .fd = fd, .events = events };
 	int ready;
 
 	do
 		ready = poll(&pfd, 1, ms_left(s));
 	while (ready < 0 && errno == EINTR);
 	return ready;
+}
+
+/* Waits until s->fd[0] (fd 0) can be read or s->fd[1] (fd 1) written; 0 past a deadline. */
+static int wait_ready(struct session *s, int fd)
+{
+	return poll_fd(s, s->fd[fd], fd == 0 ? POLLIN : POLLOUT);
 }
 
 /* One read or write of at most len bytes; -1 with errno ETIMEDOUT once a deadline passed.
@@ -285,8 +300,8 @@ static ssize_t do_io(struct session *s, int fd, unsigned char *buf, size_t len)
 				continue; /* the next try cannot block, even on a short buffer */
 			/* After POLLOUT a pipe takes PIPE_BUF octets without blocking; more may
 			 * not. */
-			n = fd == 0 ? read(0, buf, len)
-				    : write(1, buf, len < PIPE_BUF ? len : PIPE_BUF);
+			n = fd == 0 ? read(s->fd[0], buf, len)
+				    : write(s->fd[1], buf, len < PIPE_BUF ? len : PIPE_BUF);
 		}
 		if (n >= 0 || (errno != EINTR && errno != EAGAIN))
 			return n;
@@ -870,10 +885,25 @@ static void start_message(struct session *s)
 		text_add(&t, a);
 		text_add(&t, "])");
 	}
+	if (s->tls_on && s->tls_protocol[0] != '\0' && s->tls_cipher[0] != '\0') {
+		/* Postfix's words, which readers of headers know */
+		text_add(&t, "\n\t(using ");
+		text_add(&t, s->tls_protocol);
+		text_add(&t, " with cipher ");
+		text_add(&t, s->tls_cipher);
+		if (s->tls_bits[0] != '\0') {
+			text_add(&t, " (");
+			text_add(&t, s->tls_bits);
+			text_add(&t, " bits)");
+		}
+		text_add(&t, ")");
+	}
 	text_add(&t, "\n\tby ");
 	text_add(&t, s->cfg->hostname);
 	text_add(&t, " (smtpd) with ");
 	text_add(&t, with);
+	if (s->tls_on && s->extended) /* RFC 3848: ESMTPS, LMTPS; RFC 6531: UTF8SMTPS, UTF8LMTPS */
+		text_add(&t, "S");
 	text_add(&t, " id ");
 	text_add(&t, s->md.id);
 	text_add(&t, ";\n\t");
@@ -1262,6 +1292,7 @@ enum verb {
 	V_QUIT,
 	V_VRFY,
 	V_HELP,
+	V_STARTTLS,
 	V_NOT_IMPL,
 };
 enum arg_rule { ARG_NONE, ARG_OPTIONAL, ARG_REQUIRED };
@@ -1291,6 +1322,8 @@ static void greet_client(struct session *s, char *arg, const char *protocol, boo
 	reply_text(s, "250-ENHANCEDSTATUSCODES", 23);
 	reply_text(s, "250-SMTPUTF8", 12);
 	reply_text(s, "250-CHUNKING", 12);
+	if (s->cfg->tls && !s->tls_on)
+		reply_text(s, "250-STARTTLS", 12);
 	reply_text(s, "250 HELP", 8);
 }
 
@@ -1567,6 +1600,132 @@ static void h_not_impl(struct session *s, char *arg)
 	reply(s, RPL_NOT_IMPL);
 }
 
+/* ---- STARTTLS through the launcher (UCSPI-TLS, ucspi-tls(2)) ---- */
+
+/* One value of the launcher's, kept only as a log token and comment text can carry it. */
+static void keep_tls_value(char *dst, size_t size, const char *value, const char *allowed)
+{
+	size_t i = 0;
+
+	for (; value[i] != '\0' && i + 1 < size; i++)
+		dst[i] = strchr(allowed, value[i]) != NULL ? value[i] : '?';
+	dst[i] = '\0';
+}
+
+/* "VAR=value\0...\0" as mod_ssl names them; we keep the protocol, cipher and key sizes. */
+static void keep_tls_info(struct session *s, const char *info)
+{
+	static const char name_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+					 "0123456789._-";
+	const char *use = "", *alg = "";
+
+	for (const char *e = info; *e != '\0'; e += strlen(e) + 1) {
+		if (strncmp(e, "SSL_PROTOCOL=", 13) == 0)
+			keep_tls_value(s->tls_protocol, sizeof s->tls_protocol, e + 13, name_chars);
+		else if (strncmp(e, "SSL_CIPHER=", 11) == 0)
+			keep_tls_value(s->tls_cipher, sizeof s->tls_cipher, e + 11, name_chars);
+		else if (strncmp(e, "SSL_CIPHER_USEKEYSIZE=", 22) == 0)
+			use = e + 22;
+		else if (strncmp(e, "SSL_CIPHER_ALGKEYSIZE=", 22) == 0)
+			alg = e + 22;
+	}
+	size_t use_len = strlen(use), alg_len = strlen(alg);
+	if (use_len == 0 || use_len > 5 || strspn(use, "0123456789") != use_len || alg_len == 0 ||
+	    alg_len > 5 || strspn(alg, "0123456789") != alg_len)
+		return;
+	struct text t = text_on(s->tls_bits, sizeof s->tls_bits);
+	text_add(&t, use);
+	text_add(&t, "/");
+	text_add(&t, alg);
+}
+
+/* The launcher may give one fd for control and clear text (ucspi-tls(2) allows it): then what
+ * came after the list is the client's first input under TLS. */
+static void keep_after_info(struct session *s, size_t end, size_t len)
+{
+	if (s->cfg->tls_ctl != s->cfg->tls_rd || end >= len)
+		return;
+	memmove(s->in, s->in + end, len - end);
+	s->in_end = len - end;
+}
+
+/* Asks the launcher to start TLS with "Y" and reads back what it says of the connection,
+ * which it writes once the handshake is over: so the -t and -T deadlines bound a handshake
+ * that never ends. The list ends at its first empty entry; EOF before that is a failed
+ * handshake. The read buffer, just emptied, holds the list. */
+static bool tls_handshake(struct session *s)
+{
+	int ctl = s->cfg->tls_ctl;
+	size_t len = 0;
+	ssize_t n;
+
+	do
+		n = poll_fd(s, ctl, POLLOUT) > 0 ? write(ctl, "Y", 1) : 0;
+	while (n < 0 && (errno == EINTR || errno == EAGAIN));
+	if (n != 1)
+		return false;
+	for (;;) {
+		for (size_t e = 0; e < len; e++) {
+			if (s->in[e] == '\0') {
+				s->in[len] = '\0';
+				keep_tls_info(s, (const char *)s->in);
+				keep_after_info(
+					s, e == 0 && len > 1 && s->in[1] == '\0' ? 2 : e + 1, len);
+				return true;
+			}
+			e += strnlen((const char *)s->in + e, len - e);
+		}
+		if (len == TLS_INFO_MAX)
+			return false;
+		n = poll_fd(s, ctl, POLLIN) > 0 ? read(ctl, s->in + len, TLS_INFO_MAX - len) : 0;
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (n <= 0)
+			return false;
+		len += (size_t)n;
+	}
+}
+
+/* RFC 3207 4.2: after the handshake the client starts from nothing, as on a new connection. */
+static void forget_session(struct session *s)
+{
+	reset_transaction(s);
+	s->state = ST_START;
+	s->helo[0] = '\0';
+	s->protocol = "SMTP";
+	s->extended = false;
+}
+
+static void h_starttls(struct session *s, char *arg)
+{
+	if (!s->cfg->tls)
+		return reply(s, RPL_NOT_IMPL);
+	if (s->tls_on)
+		return reply(s, RPL_TLS_ACTIVE);
+	if (*arg != '\0')
+		return reply(s, RPL_NO_ARGS);
+	if (s->state != ST_READY)
+		return reply(s, sequence_error(s, V_STARTTLS));
+	reply(s, RPL_TLS_GO);
+	flush_out(s);
+	if (s->done)
+		return;
+	/* What the client sent after STARTTLS came in clear text: it is not the client's word
+	 * under TLS, and is dropped unread (the command injection of CVE-2011-0411). */
+	s->in_start = s->in_end = 0;
+	forget_session(s);
+	/* fds 0 and 1 belong to the launcher from now on, even if the handshake fails. */
+	s->tls_on = true;
+	s->fd[0] = s->cfg->tls_rd;
+	s->fd[1] = s->cfg->tls_wr;
+	s->fd_not_socket[0] = s->fd_not_socket[1] = false;
+	if (!tls_handshake(s)) {
+		end_session(s, EXIT_DROPPED, ms_left(s) == 0 ? "tls timeout" : "tls failed");
+		return;
+	}
+	s->last_input_ms = now_ms();
+}
+
 static const struct command {
 	const char *name;
 	enum verb verb;
@@ -1594,7 +1753,7 @@ static const struct command {
 	{ "SEND", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
 	{ "SOML", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
 	{ "SAML", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
-	{ "STARTTLS", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
+	{ "STARTTLS", V_STARTTLS, h_starttls, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
 	{ "AUTH", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
 	{ "BURL", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
 };
@@ -1730,6 +1889,12 @@ static void log_session(struct session *s)
 	text_add_num(&t, (unsigned long long)(ms > 0 ? ms : 0) / 1000, 0);
 	text_add(&t, ".");
 	text_add_num(&t, (unsigned long long)(ms > 0 ? ms : 0) % 1000, 3);
+	if (s->tls_on) {
+		text_add(&t, " tls=");
+		text_add(&t, s->tls_protocol[0] ? s->tls_protocol : "-");
+		text_add(&t, " tls_cipher=");
+		text_add(&t, s->tls_cipher[0] ? s->tls_cipher : "-");
+	}
 	log_text(line);
 }
 
@@ -1742,6 +1907,8 @@ int smtp_session(struct config *cfg)
 	memset(s, 0, offsetof(struct session, in_start));
 	s->in_start = s->in_end = s->out_len = 0;
 	s->cfg = cfg;
+	s->fd[0] = 0;
+	s->fd[1] = 1;
 	s->state = ST_START;
 	s->protocol = "SMTP";
 	s->started_ms = s->last_input_ms = now_ms();

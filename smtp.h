@@ -28,6 +28,8 @@ enum {
 	ADDR_TEXT_MAX = 64,    /* a client address as text */
 	LOG_LINE_MAX = 2048,   /* one log line, without the "smtpd[pid]: " */
 	MSG_ID_MAX = 64,       /* message id, and the file name base without host */
+	TLS_INFO_MAX = 16384,  /* the launcher's "VAR=value\0...\0\0" after STARTTLS */
+	TLS_NAME_MAX = 64,     /* what we keep of SSL_PROTOCOL or SSL_CIPHER */
 };
 
 #define DEFAULT_MAX_SIZE        26214400ULL
@@ -54,6 +56,8 @@ struct config {
 	bool lmtp;                       /* -L */
 	bool proxy;                      /* -p */
 	char client_addr[ADDR_TEXT_MAX]; /* "" when unknown (a pipe) */
+	bool tls;                        /* a UCSPI-TLS launcher: STARTTLS is offered */
+	int tls_ctl, tls_rd, tls_wr;     /* then SSLCTLFD, SSLREADFD, SSLWRITEFD */
 };
 
 /* Text appended piece by piece into a fixed array, as qmail's fmt_* do: the per-message path

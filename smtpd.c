@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
@@ -220,6 +221,43 @@ static void find_client_addr(struct config *cfg)
 		set_client_addr(cfg, text);
 }
 
+/* A descriptor number from the launcher's environment, open in this process; else -1. */
+static int launcher_fd(const char *var)
+{
+	const char *text = getenv(var);
+	int fd = 0;
+
+	if (text == NULL || *text == '\0' || strlen(text) > 6 ||
+	    strspn(text, "0123456789") != strlen(text))
+		return -1;
+	for (const char *p = text; *p != '\0'; p++)
+		fd = fd * 10 + (*p - '0');
+	return fcntl(fd, F_GETFD) == -1 ? -1 : fd;
+}
+
+/* UCSPI-TLS (ucspi-tls(2)): STARTTLS is offered only when the launcher gave all three fds and
+ * each is open; a half-made setup is logged once and the session goes on without TLS. */
+static void find_tls(struct config *cfg)
+{
+	static const char *const vars[3] = { "SSLCTLFD", "SSLREADFD", "SSLWRITEFD" };
+	int fd[3];
+	unsigned set = 0, valid = 0;
+
+	for (int i = 0; i < 3; i++) {
+		set += getenv(vars[i]) != NULL;
+		fd[i] = launcher_fd(vars[i]);
+		valid += fd[i] >= 0;
+	}
+	if (set == 0)
+		return;
+	if (valid < 3) {
+		log_line("tls unavailable: SSLCTLFD, SSLREADFD and SSLWRITEFD must name open fds");
+		return;
+	}
+	cfg->tls = true;
+	cfg->tls_ctl = fd[0], cfg->tls_rd = fd[1], cfg->tls_wr = fd[2];
+}
+
 /* A store that is not there is the admin's to fix, not the client's: nothing is created in
  * its place, the client is told to come back later, and the log says which path. */
 static void check_store(const struct config *cfg)
@@ -266,6 +304,7 @@ int main(int argc, char **argv)
 	if (log_to_syslog)
 		openlog("smtpd", LOG_PID, LOG_MAIL);
 	find_client_addr(&cfg);
+	find_tls(&cfg);
 	check_store(&cfg);
 	return smtp_session(&cfg);
 }

@@ -7,7 +7,7 @@
 # a system service is never wanted: while installing, a policy-rc.d denies every start, and the
 # services the installation enabled are disabled again afterwards.
 set -u
-packages="bats swaks xinetd ucspi-tcp-ipv6 socat haproxy dovecot-imapd curl python3 strace
+packages="bats swaks libio-socket-ssl-perl xinetd ucspi-tcp-ipv6 socat haproxy dovecot-imapd curl python3 strace
 time valgrind mandoc faketime clang-format iproute2 util-linux systemd clang libclang-rt-14-dev musl-tools
 netcat-openbsd openssl"
 policy=/usr/sbin/policy-rc.d

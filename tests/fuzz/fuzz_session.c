@@ -1,18 +1,29 @@
 /* A libFuzzer target: one whole session over the input bytes, through the real smtp_session()
  * and mailbox.c, delivering into a scratch Maildir root. After each session it checks what
- * the contract promises and aborts when a promise is broken. */
+ * the contract promises and aborts when a promise is broken.
+ *
+ * The first byte chooses the mode (bit 0 templates, 1 LMTP, 2 PROXY, 3 STARTTLS offered, 4 one
+ * fd for TLS control and input). With STARTTLS the rest is "clear text" TLS_SEP "launcher's
+ * details" TLS_SEP "text under TLS": the control fd is a socketpair whose other end holds the
+ * details, the read and write fds are two more files, as a UCSPI-TLS launcher would give them;
+ * with bit 4 the text under TLS follows the details on the control fd itself. */
 #define _GNU_SOURCE
 #include "../../smtp.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char root[256], out_path[300], in_path[300];
+#define TLS_SEP     "\0TLS\0"
+#define TLS_SEP_LEN 5
+
+static char root[256], out_path[300], in_path[300], tls_out_path[300], tls_in_path[300];
 
 void log_text(const char *line)
 {
@@ -60,6 +71,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		}
 	snprintf(out_path, sizeof out_path, "%s/out", root);
 	snprintf(in_path, sizeof in_path, "%s/in", root);
+	snprintf(tls_out_path, sizeof tls_out_path, "%s/tls-out", root);
+	snprintf(tls_in_path, sizeof tls_in_path, "%s/tls-in", root);
 	return 0;
 }
 
@@ -129,8 +142,8 @@ static void check_root(void)
 	while (d && (e = readdir(d)) != NULL)
 		entries += e->d_name[0] != '.' || e->d_name[1] > '.';
 	closedir(d);
-	/* y.example, catch, out, in */
-	if (entries > 4)
+	/* y.example, catch, out, in, tls-out, tls-in */
+	if (entries > 6)
 		abort();
 	snprintf(path, sizeof path, "%s/y.example", root);
 	entries = 0;
@@ -142,8 +155,42 @@ static void check_root(void)
 		abort();
 }
 
+/* The next piece of data up to TLS_SEP (or its end); *pos moves past the separator. */
+static size_t piece(const unsigned char *data, size_t size, size_t *pos, const unsigned char **start)
+{
+	const unsigned char *p = data + *pos;
+	size_t left = size - *pos;
+	const unsigned char *sep = memmem(p, left, TLS_SEP, TLS_SEP_LEN);
+	size_t len = sep ? (size_t)(sep - p) : left;
+
+	*start = p;
+	*pos += sep ? len + TLS_SEP_LEN : len;
+	return len;
+}
+
+static int file_with(const char *path, const unsigned char *data, size_t len)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+
+	if (fd < 0 || (len > 0 && write(fd, data, len) != (ssize_t)len))
+		abort();
+	lseek(fd, 0, SEEK_SET);
+	return fd;
+}
+
+static size_t read_all(int fd, char *buf, size_t size)
+{
+	ssize_t n = pread(fd, buf, size - 1, 0);
+
+	if (n < 0)
+		abort();
+	buf[n] = '\0';
+	return (size_t)n;
+}
+
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
+	static const char ready[] = "220 2.0.0 Ready to start TLS\r\n";
 	char tmpl[300], catch_all[300];
 	bool templated = size > 0 && (data[0] & 1);
 	struct config cfg = {
@@ -154,16 +201,35 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 		.session_timeout = 10,
 		.lmtp = size > 0 && (data[0] & 2),
 		.proxy = size > 0 && (data[0] & 4),
+		.tls = size > 0 && (data[0] & 8),
 	};
+	bool one_fd = size > 0 && (data[0] & 16);
+	const unsigned char *clear = data + (size > 0), *info = NULL, *secret = NULL;
+	size_t pos = size > 0, clear_len = size > 0 ? size - 1 : 0, info_len = 0, secret_len = 0;
+	int ctl[2];
 
 	snprintf(tmpl, sizeof tmpl, "%s/%%d/%%u", root);
 	snprintf(catch_all, sizeof catch_all, "%s/catch", root);
 	cfg.mail_template = templated ? tmpl : catch_all;
-	int in = open(in_path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-	int out = open(out_path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-	if (in < 0 || out < 0 || (size > 1 && write(in, data + 1, size - 1) != (ssize_t)(size - 1)))
+	if (cfg.tls) {
+		clear_len = piece(data, size, &pos, &clear);
+		info_len = piece(data, size, &pos, &info);
+		secret_len = size - pos, secret = data + pos;
+	}
+	if (info_len > 4096)
+		info_len = 4096; /* what a socketpair surely holds */
+	if (secret_len > 4096)
+		secret_len = 4096;
+	int in = file_with(in_path, clear, clear_len);
+	int out = file_with(out_path, NULL, 0);
+	int tls_in = file_with(tls_in_path, secret, secret_len);
+	int tls_out = file_with(tls_out_path, NULL, 0);
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, ctl) != 0 ||
+	    (info_len > 0 && write(ctl[1], info, info_len) != (ssize_t)info_len) ||
+	    (one_fd && secret_len > 0 && write(ctl[1], secret, secret_len) != (ssize_t)secret_len) ||
+	    shutdown(ctl[1], SHUT_WR) != 0)
 		abort();
-	lseek(in, 0, SEEK_SET);
+	cfg.tls_ctl = ctl[0], cfg.tls_rd = one_fd ? ctl[0] : tls_in, cfg.tls_wr = tls_out;
 	int saved_in = dup(0), saved_out = dup(1);
 	dup2(in, 0);
 	dup2(out, 1);
@@ -173,14 +239,37 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 	close(saved_in);
 	close(saved_out);
 	close(in);
+	close(tls_in);
 
-	static char replies[1 << 20];
-	ssize_t n = pread(out, replies, sizeof replies - 1, 0);
+	/* The launcher is asked to start TLS once, only after the 220 has gone out, and nothing
+	 * at all is written on fd 1 after it. (Read before ctl[0] is closed: its unread data
+	 * would make this ECONNRESET.) */
+	char asked[8];
+	ssize_t n_asked = recv(ctl[1], asked, sizeof asked, MSG_DONTWAIT);
+	if (n_asked < 0 && errno == EAGAIN)
+		n_asked = 0;
+	close(ctl[0]);
+	close(ctl[1]);
+	static char replies[1 << 20], tls_replies[1 << 20];
+	size_t n = read_all(out, replies, sizeof replies);
+	size_t n_tls = read_all(tls_out, tls_replies, sizeof tls_replies);
 	close(out);
-	if (n < 0)
+	close(tls_out);
+	const char *go = strstr(replies, ready);
+	bool started = n_asked == 1 && asked[0] == 'Y';
+	if (getenv("FUZZ_DEBUG"))
+		fprintf(stderr, "asked=%zd out=[%s] tls=[%s]\n", n_asked, replies, tls_replies);
+	if (n_asked != 0 && !started)
 		abort();
-	replies[n] = '\0';
-	check_replies(replies, (size_t)n);
+	if (started != (go != NULL) || (go && go + strlen(ready) != replies + n) ||
+	    (!started && n_tls > 0) || (started && !cfg.tls))
+		abort();
+	check_replies(replies, n);
+	check_replies(tls_replies, n_tls);
+	/* check_maildir looks for each delivery's reply in either stream */
+	if (n + n_tls + 1 > sizeof replies)
+		abort();
+	memcpy(replies + n, tls_replies, n_tls + 1);
 	if (templated) {
 		char path[400];
 		snprintf(path, sizeof path, "%s/y.example/b", root);
