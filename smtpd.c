@@ -1,4 +1,4 @@
-/* smtpd.c: options, the launcher's environment, logging, start-up. */
+/* smtpd.c: options, the launcher's environment, start-up. */
 #define _POSIX_C_SOURCE 200809L
 #include "smtp.h"
 
@@ -7,22 +7,17 @@
 #include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
 static const char usage_text[] = "usage: smtpd [-Lp] [-h hostname] [-m template] [-r max_rcpt] "
 				 "[-s max_bytes] [-t seconds] [-T seconds] | smtpd -V";
 
-static bool log_to_syslog;
-static char log_prefix[32]; /* "smtpd[<pid>]: ", made once */
-static size_t log_prefix_len;
 static char default_template[MD_PATH_MAX];
 static char host_buf[HELO_MAX + 1];
 
@@ -37,53 +32,6 @@ static _Noreturn void die_usage(const char *what, const char *detail)
 	fprintf(stderr, "smtpd: %s%s%s\n%s\n", what, detail ? ": " : "", detail ? detail : "",
 		usage_text);
 	exit(EXIT_USAGE);
-}
-
-/* One write per line, so that lines of concurrent sessions sharing a log never interleave. */
-void log_text(const char *line)
-{
-	char buf[LOG_LINE_MAX + sizeof log_prefix];
-	struct text t = text_on(buf, sizeof buf - 1); /* the last byte is for the newline */
-
-	text_add_n(&t, log_prefix, log_prefix_len);
-	text_add(&t, line);
-	/* Log lines carry client text: nothing below a space gets through. */
-	for (size_t i = log_prefix_len; i < t.len; i++)
-		if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f)
-			buf[i] = '?';
-	if (log_to_syslog) {
-		syslog(LOG_MAIL | LOG_INFO, "%s", buf + log_prefix_len);
-		return;
-	}
-	buf[t.len] = '\n';
-	/* A failed write is not retried: when stderr is gone there is nowhere to say so. */
-	(void)!write(2, buf, t.len + 1);
-}
-
-void log_line(const char *fmt, ...)
-{
-	char line[LOG_LINE_MAX];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(line, sizeof line, fmt, ap);
-	va_end(ap);
-	log_text(line);
-}
-
-/* Under inetd and xinetd fd 2 is the client's socket: a log line there would enter the SMTP
- * stream. Log to stderr only when fd 2 is open and is not the same file as fd 0 or fd 1. */
-static bool stderr_is_private(void)
-{
-	struct stat err, in, out;
-
-	if (fstat(2, &err) != 0)
-		return false;
-	if (fstat(0, &in) == 0 && in.st_dev == err.st_dev && in.st_ino == err.st_ino)
-		return false;
-	if (fstat(1, &out) == 0 && out.st_dev == err.st_dev && out.st_ino == err.st_ino)
-		return false;
-	return true;
 }
 
 /* A decimal number in [min, max], nothing else: no sign, no blanks, no overflow. */
@@ -229,9 +177,16 @@ static void check_store(const struct config *cfg)
 	if (md_check_store(cfg->mail_template, path, sizeof path) == 0)
 		return;
 	int e = errno;
-	log_line("unavailable path=%s error=%s", path, strerror(e));
+	char line[LOG_LINE_MAX];
+	struct text t = text_on(line, sizeof line);
+	text_add(&t, "unavailable path=");
+	log_add_value(&t, path);
+	text_add(&t, " errno=");
+	log_add_errno(&t, e);
+	log_add_reply(&t, "421 4.3.0");
+	log_text(L_ERR, line);
 	char reply[LINE_MAX_OCTETS];
-	struct text t = text_on(reply, sizeof reply);
+	t = text_on(reply, sizeof reply);
 	text_add(&t, "421 4.3.0 ");
 	text_add(&t, cfg->hostname);
 	text_add(&t, " Mail store unavailable, try again later\r\n");
@@ -257,14 +212,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGXFSZ, SIG_IGN);
 	umask(077);
-	struct text prefix = text_on(log_prefix, sizeof log_prefix);
-	text_add(&prefix, "smtpd[");
-	text_add_num(&prefix, (unsigned long long)getpid(), 0);
-	text_add(&prefix, "]: ");
-	log_prefix_len = prefix.len;
-	log_to_syslog = !stderr_is_private();
-	if (log_to_syslog)
-		openlog("smtpd", LOG_PID, LOG_MAIL);
+	log_open();
 	find_client_addr(&cfg);
 	check_store(&cfg);
 	return smtp_session(&cfg);

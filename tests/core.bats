@@ -438,14 +438,14 @@ count_file_calls() {
 	[ "$RC" -eq 75 ]
 	expect_replies '421 4.3.0 test.example Mail store unavailable, try again later'
 	[ ! -e "$T/typo" ]
-	grep -qE "unavailable path=$T/typo/Maildir error=" "$T/err"
+	grep -qE "unavailable path=$T/typo/Maildir errno=ENOENT " "$T/err"
 }
 
 @test "templates: a %d/%u template whose fixed directory is missing is a start-up error, not 550s" {
 	run_smtpd "HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y.example>\r\nQUIT\r\n" -m "$T/vhots/%d/%u"
 	[ "$RC" -eq 75 ]
 	expect_replies '421 4.3.0 test.example Mail store unavailable, try again later'
-	grep -qE "unavailable path=$T/vhots error=" "$T/err"
+	grep -qE "unavailable path=$T/vhots errno=ENOENT " "$T/err"
 }
 
 @test "templates: HOME is a path, never a template: % in it stands for itself" {
