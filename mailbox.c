@@ -329,13 +329,26 @@ static int md_fill_catch(int dfd)
 	if (is < 0)
 		return -1;
 	if (is == 0 && md_no_create)
-		return errno = ENOENT, -1;
+		return 0; /* the probe: the first session makes them */
 	for (size_t i = 0; is == 0 && i < 3; i++)
 		if (mkdirat(dfd, subs[i], 0700) != 0 && errno != EEXIST)
 			return -1;
 	md_catch.tmp_fd = openat(dfd, "tmp", MD_DIR_FLAGS);
 	md_catch.new_fd = openat(dfd, "new", MD_DIR_FLAGS);
 	return md_catch.tmp_fd < 0 || md_catch.new_fd < 0 ? -1 : 0;
+}
+
+static bool md_parent_exists(const char *path)
+{
+	char parent[MD_PATH_MAX];
+	struct stat st;
+
+	text_copy(parent, sizeof parent, path);
+	char *slash = strrchr(parent, '/');
+	if (slash == NULL)
+		return true; /* the current directory */
+	slash[slash == parent] = '\0';
+	return stat(parent, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 /* The catch-all is made if missing, but only inside a directory that exists: a typo in -m or
@@ -347,8 +360,9 @@ static int md_open_catch(const char *path)
 	md_close_catch();
 	int dfd = md_open_dir(path);
 	/* EEXIST: a concurrent session made it between our open and our mkdir. */
-	if (dfd < 0 && errno == ENOENT && !md_no_create &&
-	    (mkdir(path, 0700) == 0 || errno == EEXIST))
+	if (dfd < 0 && errno == ENOENT && md_no_create) /* the probe: see md_fill_catch */
+		return md_parent_exists(path) ? 0 : (errno = ENOENT, -1);
+	if (dfd < 0 && errno == ENOENT && (mkdir(path, 0700) == 0 || errno == EEXIST))
 		dfd = md_open_dir(path);
 	if (dfd < 0)
 		return -1;
@@ -487,7 +501,7 @@ const char *md_explain(const char *path)
 	struct stat dir, st;
 
 	if (stat(path, &dir) != 0)
-		return md_missing(errno) ? "no-such-directory" : NULL;
+		return md_missing(errno) ? "directory-missing" : NULL;
 	if (!S_ISDIR(dir.st_mode))
 		return "not-a-directory";
 	for (size_t i = 0; i < 2; i++) {
@@ -512,6 +526,13 @@ const char *md_explain(const char *path)
 void md_set_probe(void)
 {
 	md_no_create = true;
+}
+
+bool md_is_catch_all(const char *tmpl)
+{
+	struct md_shape sh = md_scan(tmpl);
+
+	return !sh.has_u && !sh.has_d;
 }
 
 /* ---- failures ---- */

@@ -1769,3 +1769,74 @@ int smtp_session(struct config *cfg)
 	free(s->rcpts);
 	return s->exit_status;
 }
+
+/* ---- the address probe (-b): RCPT's verdict without a session ---- */
+
+static const char *errno_name(int e)
+{
+	static char name[24];
+	struct text t = text_on(name, sizeof name);
+
+	log_add_errno(&t, e);
+	return name;
+}
+
+/* One address: what RCPT would answer, and for an accepted one whether DATA could deliver
+ * there. Returns true when mail to it would be delivered. */
+static bool probe_one(struct config *cfg, struct md_txn *txn, const char *addr)
+{
+	char path_text[LINE_MAX_OCTETS];
+	struct text t = text_on(path_text, sizeof path_text);
+	struct address a;
+	const char *rest = "", *detail = NULL;
+	size_t box;
+	enum reply_id id = RPL_NONE;
+
+	text_add(&t, addr[0] == '<' ? "" : "<");
+	text_add(&t, addr);
+	text_add(&t, addr[0] == '<' ? "" : ">");
+	enum path_result pr = t.cut ? PATH_BAD : parse_path(path_text, &a, &rest);
+	if (pr == PATH_BAD || pr == PATH_BAD_UTF8 || pr == PATH_NULL || *rest != '\0')
+		id = pr == PATH_BAD_UTF8 ? RPL_BAD_UTF8 : RPL_BAD_RCPT;
+	const char *domain = pr == PATH_POSTMASTER ? cfg->hostname : a.domain;
+	enum md_result r =
+		id != RPL_NONE ? MD_OK : md_add(txn, cfg->mail_template, a.local, domain, &box);
+	const char *path = id != RPL_NONE ? "" : r == MD_OK ? txn->boxes[box].path : txn->why_path;
+	if (r != MD_OK)
+		id = md_replies[r];
+	if ((id == RPL_NONE || id == RPL_NO_USER || id == RPL_TEMP) && path[0] != '\0')
+		detail = md_explain(path);
+	/* A catch-all that is not there yet is made by the first session. */
+	bool made = id == RPL_NONE && detail != NULL && md_is_catch_all(cfg->mail_template) &&
+		    strstr(detail, "missing") != NULL;
+	if (id == RPL_NONE && detail != NULL && !made)
+		id = RPL_TEMP; /* RCPT would take it; DATA would fail there */
+	if (id == RPL_NONE)
+		printf("%s: deliver to %s%s\n", addr, path,
+		       made ? " (made by the first session)" : "");
+	else if (path[0] == '\0')
+		printf("%s: %s\n", addr, replies[id].text);
+	else if (detail == NULL && txn->why_errno != 0)
+		printf("%s: %s: %s: %s (%s)\n", addr, replies[id].text, path,
+		       errno_name(txn->why_errno), strerror(txn->why_errno));
+	else
+		printf("%s: %s: %s%s%s\n", addr, replies[id].text, path, detail ? ": " : "",
+		       detail ? detail : "");
+	md_reset(txn);
+	return id == RPL_NONE;
+}
+
+int smtp_probe(struct config *cfg, char **addrs, size_t count)
+{
+	struct md_txn txn;
+	bool all = true;
+
+	if (md_txn_init(&txn, 1) != 0) {
+		log_line(L_ERR, "out of memory");
+		return EXIT_TEMPFAIL;
+	}
+	for (size_t i = 0; i < count; i++)
+		all &= probe_one(cfg, &txn, addrs[i]);
+	md_txn_free(&txn);
+	return all ? EXIT_QUIT : EXIT_PROBE_FAILED;
+}

@@ -42,6 +42,7 @@ enum {
 	EXIT_USAGE = 64,
 	EXIT_OSERR = 71,
 	EXIT_TEMPFAIL = 75,
+	EXIT_PROBE_FAILED = 67, /* -b: some address would not be delivered (EX_NOUSER) */
 };
 
 struct config {
@@ -53,6 +54,7 @@ struct config {
 	unsigned session_timeout;        /* -T, seconds */
 	bool lmtp;                       /* -L */
 	bool proxy;                      /* -p */
+	bool probe;                      /* -b: the operands are addresses to look up */
 	char client_addr[ADDR_TEXT_MAX]; /* "" when unknown (a pipe) */
 };
 
@@ -112,6 +114,8 @@ static inline bool text_copy(char *dst, size_t size, const char *src)
 
 /* session.c: runs one whole session on fds 0 and 1; returns the exit status. */
 int smtp_session(struct config *cfg);
+/* session.c: -b, for each address the Maildir or the reply, on stdout; delivers nothing. */
+int smtp_probe(struct config *cfg, char **addrs, size_t count);
 
 /* log.c: one log line, to syslog, the journal or stderr (chosen once by log_open); log_text
  * takes it made. Levels are syslog's and sd-daemon(3)'s numbers. */
@@ -180,7 +184,9 @@ void md_reset(struct md_txn *txn);
 void md_txn_free(struct md_txn *txn);
 /* What is wrong with the Maildir at path as one token ("new-is-a-symlink"), or NULL. */
 const char *md_explain(const char *path);
-/* The address probe (-b): from now on nothing is created, not even the catch-all. */
+/* The address probe (-b): from now on nothing is created; a missing catch-all (or its cur/
+ * new/ tmp/) is let pass, as the first session would make it. */
 void md_set_probe(void);
+bool md_is_catch_all(const char *tmpl);
 
 #endif

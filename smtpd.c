@@ -15,8 +15,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static const char usage_text[] = "usage: smtpd [-Lp] [-h hostname] [-m template] [-r max_rcpt] "
-				 "[-s max_bytes] [-t seconds] [-T seconds] | smtpd -V";
+static const char usage_text[] =
+	"usage: smtpd [-Lp] [-h hostname] [-m template] [-r max_rcpt] "
+	"[-s max_bytes] [-t seconds] [-T seconds] | smtpd -b [-h hostname] "
+	"[-m template] address ... | smtpd -V";
 
 static char default_template[MD_PATH_MAX];
 static char host_buf[HELO_MAX + 1];
@@ -34,24 +36,42 @@ static _Noreturn void die_usage(const char *what, const char *detail)
 	exit(EXIT_USAGE);
 }
 
+/* "smtpd: -r 1001: out of range (1 to 1000)": the option, its value, what it accepts; then the
+ * usage line. value is NULL for an option given without one. */
+static _Noreturn void die_option(int opt, const char *value, const char *what)
+{
+	fprintf(stderr, "smtpd: -%c%s%s: %s\n%s\n", opt, value ? " " : "", value ? value : "", what,
+		usage_text);
+	exit(EXIT_USAGE);
+}
+
+static _Noreturn void die_number(int opt, const char *text, const char *what, uint64_t min,
+				 uint64_t max)
+{
+	char range[80];
+
+	snprintf(range, sizeof range, "%s (%llu to %llu)", what, (unsigned long long)min,
+		 (unsigned long long)max);
+	die_option(opt, text, range);
+}
+
 /* A decimal number in [min, max], nothing else: no sign, no blanks, no overflow. */
 static uint64_t parse_number(int opt, const char *text, uint64_t min, uint64_t max)
 {
 	uint64_t value = 0;
-	char name[3] = { '-', (char)opt, '\0' };
 
 	if (*text == '\0')
-		die_usage("empty value for", name);
+		die_number(opt, "''", "empty value", min, max);
 	for (const char *p = text; *p; p++) {
 		if (*p < '0' || *p > '9')
-			die_usage("not a number", text);
+			die_number(opt, text, "not a decimal number", min, max);
 		unsigned digit = (unsigned)(*p - '0');
 		if (value > (UINT64_MAX - digit) / 10)
-			die_usage("number too large", text);
+			die_number(opt, text, "out of range", min, max);
 		value = value * 10 + digit;
 	}
 	if (value < min || value > max)
-		die_usage("value out of range", text);
+		die_number(opt, text, "out of range", min, max);
 	return value;
 }
 
@@ -61,10 +81,10 @@ static const char *checked_hostname(const char *name)
 	size_t len = strlen(name);
 
 	if (len == 0 || len > HELO_MAX)
-		die_usage("bad host name length", name);
+		die_number('h', *name ? "..." : "''", "host name length out of range", 1, HELO_MAX);
 	for (const char *p = name; *p; p++)
 		if (*p <= ' ' || *p >= 0x7f || *p == '/')
-			die_usage("bad character in host name", name);
+			die_option('h', name, "blank, control byte, non-ASCII or / in host name");
 	return name;
 }
 
@@ -96,13 +116,15 @@ static const char *home_maildir(void)
 	return default_template;
 }
 
-static void parse_options(int argc, char **argv, struct config *cfg)
+/* Returns where the operands start: with -b, the addresses to look up. */
+static int parse_options(int argc, char **argv, struct config *cfg)
 {
 	int opt;
 
 	opterr = 0;
-	while ((opt = getopt(argc, argv, ":Lph:m:r:s:t:T:V")) != -1) {
+	while ((opt = getopt(argc, argv, ":bLph:m:r:s:t:T:V")) != -1) {
 		switch (opt) {
+		case 'b': cfg->probe = true; break;
 		case 'L': cfg->lmtp = true; break;
 		case 'p': cfg->proxy = true; break;
 		case 'h': cfg->hostname = checked_hostname(optarg); break;
@@ -116,18 +138,19 @@ static void parse_options(int argc, char **argv, struct config *cfg)
 			cfg->session_timeout = (unsigned)parse_number(opt, optarg, 1, TIMEOUT_MAX);
 			break;
 		case 'V': printf("smtpd %s\n", SMTPD_VERSION); exit(EXIT_QUIT);
-		case ':': die_usage("option needs a value", argv[optind - 1]);
-		default: {
-			char name[3] = { '-', (char)optopt, '\0' };
-			die_usage("unknown option", name);
-		}
+		case ':': die_option(optopt, NULL, "needs a value");
+		default: die_option(optopt, NULL, "unknown option");
 		}
 	}
-	if (optind != argc)
-		die_usage("unexpected argument", argv[optind]);
+	if (cfg->probe && optind == argc)
+		die_option('b', NULL, "needs at least one address after the options");
+	if (!cfg->probe && optind != argc)
+		die_usage(argv[optind], "unexpected argument (only -b takes addresses)");
 	if (cfg->mail_template != NULL &&
 	    (*cfg->mail_template == '\0' || strlen(cfg->mail_template) >= MD_PATH_MAX))
-		die_usage("bad -m template length", NULL);
+		die_number('m', *cfg->mail_template ? "..." : "''", "template length out of range",
+			   1, MD_PATH_MAX - 1);
+	return optind;
 }
 
 /* Only what an address can hold passes; "::ffff:192.0.2.1" is shown as the IPv4 it is. */
@@ -203,7 +226,7 @@ int main(int argc, char **argv)
 		.session_timeout = DEFAULT_SESSION_TIMEOUT,
 	};
 
-	parse_options(argc, argv, &cfg);
+	int operands = parse_options(argc, argv, &cfg);
 	if (cfg.hostname == NULL)
 		cfg.hostname = default_hostname();
 	if (cfg.mail_template == NULL)
@@ -213,6 +236,11 @@ int main(int argc, char **argv)
 	signal(SIGXFSZ, SIG_IGN);
 	umask(077);
 	log_open();
+	if (cfg.probe) {
+		md_set_probe();
+		check_store(&cfg);
+		return smtp_probe(&cfg, argv + operands, (size_t)(argc - operands));
+	}
 	find_client_addr(&cfg);
 	check_store(&cfg);
 	return smtp_session(&cfg);
