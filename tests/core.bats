@@ -274,7 +274,7 @@ message_of() {
 	[ "$n" -ge 3 ] && [ "$n" -le 7 ]
 }
 
-@test "options: bad values exit 64 with one line on stderr and nothing on stdout" {
+@test "options: bad values exit 64 with an smtpd: line on stderr and nothing on stdout" {
 	local args
 	for args in "-r 0" "-r 1001" "-t 0" "-T 0" "-t 86401" "-s abc" "-s -1" "-s 0" \
 		"-r 99999999999999999999" "-x" "-m" "-h bad/name" "extra"; do
