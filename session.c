@@ -1414,7 +1414,8 @@ static void refuse_rcpt(struct session *s, const char *to, enum reply_id id, boo
 	add_reply_code(&t, id);
 	log_add_reason(&t, replies[id].text);
 	if (looked && s->md.why_path[0] != '\0') {
-		const char *detail = id == RPL_NO_USER ? md_explain(s->md.why_path) : NULL;
+		bool maildir = id == RPL_NO_USER || id == RPL_TEMP;
+		const char *detail = maildir ? md_explain(s->md.why_path) : NULL;
 		text_add(&t, " path=");
 		log_add_value(&t, s->md.why_path);
 		text_add(&t, detail ? " detail=" : "");

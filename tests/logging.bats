@@ -66,6 +66,20 @@ count_is() {
 	count_is 'refused client=- from=<> to=<nonew@x[.]example> reply=550 code=5[.]1[.]1 reason=no-such-user path=.*/nonew detail=new-missing$' 1
 }
 
+@test "refused: a name that could leave the store is 5.1.3 bad-recipient-name" {
+	x_session 'HELO c\r\nMAIL FROM:<a@q>\r\nRCPT TO:<"../x"@x.example>\r\nRCPT TO:<".a"@x.example>\r\nQUIT\r\n' -m "$V/%d/%u"
+	count_is 'refused client=- from=<a@q> to=<"[.][.]/x"@x[.]example> reply=550 code=5[.]1[.]3 reason=bad-recipient-name$' 1
+	count_is 'refused client=- from=<a@q> to=<"[.]a"@x[.]example> reply=550 code=5[.]1[.]3 reason=bad-recipient-name$' 1
+}
+
+@test "refused: as root, a tmp/ owned by another user than its Maildir is a 451 naming it and EPERM" {
+	[ "$(id -u)" -eq 0 ] || skip "needs root"
+	x_maildir "$V/x.example/m"
+	chown nobody "$V/x.example/m" "$V/x.example/m/new" "$V/x.example/m/cur"
+	x_session 'HELO c\r\nMAIL FROM:<a@q>\r\nRCPT TO:<m@x.example>\r\nQUIT\r\n' -m "$V/%d/%u"
+	count_is "refused client=- from=<a@q> to=<m@x[.]example> reply=451 code=4[.]3[.]0 reason=local-error-in-delivery path=$V/x[.]example/m detail=tmp-wrong-owner errno=EPERM$" 1
+}
+
 @test "end=: each way a session ends is one token" {
 	x_session 'HELO c\r\n' -m "$T/M"
 	count_is 'session .* end=client-closed seconds=' 1
@@ -86,6 +100,11 @@ count_is() {
 @test "rejected and unavailable: a message refused as a whole, a store missing at start-up" {
 	x_session 'HELO c\r\nMAIL FROM:<a@q>\r\nRCPT TO:<b@x>\r\nDATA\r\n0123456789\r\n.\r\nQUIT\r\n' -s 5 -m "$T/M"
 	count_is 'rejected id=[0-9.MPQ]+ from=<a@q> recipients=1 reply=552 code=5[.]3[.]4$' 1
+	{ printf 'HELO c\r\nMAIL FROM:<a@q>\r\nRCPT TO:<b@x>\r\nDATA\r\n'
+	  for i in $(seq 101); do printf 'Received: from h%d\r\n' "$i"; done
+	  printf '\r\nhi\r\n.\r\nQUIT\r\n'; } >"$T/in"
+	x_run -m "$T/M"
+	count_is 'rejected id=[0-9.MPQ]+ from=<a@q> recipients=1 reply=554 code=5[.]4[.]6$' 1
 	x_session 'HELO c\r\nQUIT\r\n' -m "$T/missing/Maildir"
 	x_eq "$XS" 75 "exit status"
 	count_is "unavailable path=$T/missing/Maildir errno=ENOENT reply=421 code=4[.]3[.]0$" 1
