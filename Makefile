@@ -4,7 +4,7 @@ CFLAGS ?= -O2
 WARN = -std=c11 -Wall -Wextra -Werror
 SAN = -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 PREFIX ?= /usr/local
-SRC = smtpd.c session.c mailbox.c
+SRC = smtpd.c session.c mailbox.c log.c
 FUZZ_SECONDS ?= 60
 
 all: smtpd
@@ -53,12 +53,12 @@ check-static: smtpd-static
 fuzz: tests/fuzz/fuzz_session
 	mkdir -p tests/fuzz/corpus
 	cp tests/fuzz/seeds/* tests/fuzz/corpus/
-	cd tests/fuzz && TMPDIR=$${TMPDIR:-/dev/shm} ./fuzz_session -max_total_time=$(FUZZ_SECONDS) \
+	cd tests/fuzz && TMPDIR=$${TMPDIR:-/dev/shm} ./fuzz_session -max_total_time=$(FUZZ_SECONDS) -close_fd_mask=2 \
 		-dict=smtp.dict -print_final_stats=1 corpus
 
-tests/fuzz/fuzz_session: tests/fuzz/fuzz_session.c session.c mailbox.c smtp.h
+tests/fuzz/fuzz_session: tests/fuzz/fuzz_session.c session.c mailbox.c log.c smtp.h
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-		-o $@ tests/fuzz/fuzz_session.c session.c mailbox.c
+		-o $@ tests/fuzz/fuzz_session.c session.c mailbox.c log.c
 
 # Line and branch coverage of the whole suite (gcc --coverage, gcovr), per file. The binary
 # and its counters live in cov/, writable by every user a launcher test runs smtpd as.

@@ -36,6 +36,7 @@ static struct {
 } md_catch = { "", -1, -1, -1, { 0 } };
 
 static bool md_as_root;                   /* euid 0: files get their Maildir's owner */
+static bool md_no_create;                 /* the address probe: look, make nothing */
 static char md_host[MD_HOST_MAX];         /* gethostname(), escaped, once */
 static unsigned long md_counter;          /* the Q<n> of the id */
 static unsigned long md_pid;              /* asked once: glibc asks the kernel on every getpid() */
@@ -327,12 +328,27 @@ static int md_fill_catch(int dfd)
 	int is = md_is_maildir(dfd, &md_catch.st);
 	if (is < 0)
 		return -1;
+	if (is == 0 && md_no_create)
+		return 0; /* the probe: the first session makes them */
 	for (size_t i = 0; is == 0 && i < 3; i++)
 		if (mkdirat(dfd, subs[i], 0700) != 0 && errno != EEXIST)
 			return -1;
 	md_catch.tmp_fd = openat(dfd, "tmp", MD_DIR_FLAGS);
 	md_catch.new_fd = openat(dfd, "new", MD_DIR_FLAGS);
 	return md_catch.tmp_fd < 0 || md_catch.new_fd < 0 ? -1 : 0;
+}
+
+static bool md_parent_exists(const char *path)
+{
+	char parent[MD_PATH_MAX];
+	struct stat st;
+
+	text_copy(parent, sizeof parent, path);
+	char *slash = strrchr(parent, '/');
+	if (slash == NULL)
+		return true; /* the current directory */
+	slash[slash == parent] = '\0';
+	return stat(parent, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 /* The catch-all is made if missing, but only inside a directory that exists: a typo in -m or
@@ -344,6 +360,8 @@ static int md_open_catch(const char *path)
 	md_close_catch();
 	int dfd = md_open_dir(path);
 	/* EEXIST: a concurrent session made it between our open and our mkdir. */
+	if (dfd < 0 && errno == ENOENT && md_no_create) /* the probe: see md_fill_catch */
+		return md_parent_exists(path) ? 0 : (errno = ENOENT, -1);
 	if (dfd < 0 && errno == ENOENT && (mkdir(path, 0700) == 0 || errno == EEXIST))
 		dfd = md_open_dir(path);
 	if (dfd < 0)
@@ -426,6 +444,20 @@ static enum md_result md_append(struct md_txn *txn, int fd, const struct stat *s
 	return MD_OK;
 }
 
+/* Why a recipient was refused, for the log and the probe: the path that decided (for 5.7.1 the
+ * domain's directory) and, for a failure that is not the sender's, the errno. */
+static enum md_result md_refused(struct md_txn *txn, enum md_result r, const char *tmpl,
+				 const char *path, const char *u, const char *d, int e)
+{
+	struct md_shape sh = md_scan(tmpl);
+
+	txn->why_errno = r == MD_NO_USER || r == MD_NO_DOMAIN ? 0 : e;
+	if (r == MD_NO_DOMAIN && sh.has_d && md_expand(tmpl, sh.d_end, u, d, txn->why_path))
+		return r;
+	text_copy(txn->why_path, sizeof txn->why_path, path);
+	return r;
+}
+
 enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local, const char *domain,
 		      size_t *box_index)
 {
@@ -434,6 +466,8 @@ enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local, c
 	struct stat st;
 	int fd = -1;
 
+	txn->why_path[0] = '\0';
+	txn->why_errno = 0;
 	if (md_bad_name(local) || md_bad_name(domain))
 		return MD_BAD_NAME;
 	if (!md_lower(u, sizeof u, local, true) || !md_lower(d, sizeof d, domain, false))
@@ -443,14 +477,62 @@ enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local, c
 	if (sh.has_u || sh.has_d) {
 		enum md_result r = md_open_user(tmpl, path, u, d, &fd, &st);
 		if (r != MD_OK)
-			return r;
+			return md_refused(txn, r, tmpl, path, u, d, errno);
 	} else if (md_open_catch(path) != 0) {
-		return md_errno_result(errno);
+		return md_refused(txn, md_errno_result(errno), tmpl, path, u, d, errno);
 	} else {
 		fd = md_catch.fd;
 		st = md_catch.st;
 	}
 	return md_append(txn, fd, &st, path, box_index);
+}
+
+/* What is wrong with the Maildir at path, as one token, or NULL when nothing is seen: the
+ * reason a 5.1.1 or 4.3.0 names. tmp/ and new/ are looked at without following a link, as
+ * delivery does. */
+const char *md_explain(const char *path)
+{
+	static const char *const subs[] = { "tmp", "new" };
+	static const char *const why[][4] = {
+		{ "tmp-missing", "tmp-not-a-directory", "tmp-is-a-symlink", "tmp-wrong-owner" },
+		{ "new-missing", "new-not-a-directory", "new-is-a-symlink", "new-wrong-owner" },
+	};
+	char sub[MD_PATH_MAX + 8];
+	struct stat dir, st;
+
+	if (stat(path, &dir) != 0)
+		return md_missing(errno) ? "directory-missing" : NULL;
+	if (!S_ISDIR(dir.st_mode))
+		return "not-a-directory";
+	for (size_t i = 0; i < 2; i++) {
+		struct text t = text_on(sub, sizeof sub);
+		text_add(&t, path);
+		text_add(&t, "/");
+		text_add(&t, subs[i]);
+		if (lstat(sub, &st) != 0)
+			return md_missing(errno) ? why[i][0] : NULL;
+		if (!S_ISDIR(st.st_mode))
+			return why[i][S_ISLNK(st.st_mode) ? 2 : 1];
+		if (md_as_root && st.st_uid != dir.st_uid)
+			return why[i][3];
+		/* The probe runs as the launcher's user: what that user may not write, nor may
+		 * smtpd. */
+		if (!md_as_root && access(sub, W_OK | X_OK) != 0)
+			return i == 0 ? "tmp-not-writable" : "new-not-writable";
+	}
+	return NULL;
+}
+
+void md_set_probe(void)
+{
+	md_no_create = true;
+}
+
+bool md_is_catch_all(const char *tmpl)
+{
+	struct md_shape sh = md_scan(tmpl);
+
+	return !sh.has_u && !sh.has_d;
 }
 
 /* ---- failures ---- */

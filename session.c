@@ -319,7 +319,7 @@ static void flush_out(struct session *s)
 		sent += (size_t)n;
 	}
 	if (sent < s->out_len)
-		end_session(s, EXIT_DROPPED, "write failed");
+		end_session(s, EXIT_DROPPED, "write-failed");
 	s->out_len = 0;
 }
 
@@ -360,7 +360,7 @@ static void reply(struct session *s, enum reply_id id)
 	reply_text(s, replies[id].text, strlen(replies[id].text));
 	if (replies[id].bad && ++s->bad_commands >= MAX_BAD_COMMANDS) {
 		reply_around(s, "421 4.7.0 ", s->cfg->hostname, " Too many errors, closing");
-		end_session(s, EXIT_DROPPED, "too many errors");
+		end_session(s, EXIT_DROPPED, "too-many-errors");
 	}
 }
 
@@ -388,7 +388,7 @@ static bool fill_in(struct session *s)
 		return false;
 	}
 	if (n <= 0) {
-		end_session(s, EXIT_DROPPED, n == 0 ? "client closed" : "read failed");
+		end_session(s, EXIT_DROPPED, n == 0 ? "client-closed" : "read-failed");
 		return false;
 	}
 	s->in_end += (size_t)n;
@@ -951,7 +951,7 @@ static void log_delivery(struct session *s)
 	text_add(&t, "delivered id=");
 	text_add(&t, s->md.id);
 	text_add(&t, " from=<");
-	text_add(&t, s->sender);
+	log_add_value(&t, s->sender);
 	text_add(&t, "> size=");
 	text_add_num(&t, s->md.stored_bytes, 0);
 	for (size_t i = 0; i < s->rcpt_count && !t.cut; i++) {
@@ -959,60 +959,19 @@ static void log_delivery(struct session *s)
 		if (box->result != MD_OK)
 			continue;
 		text_add(&t, " to=<");
-		text_add(&t, s->rcpts[i].addr);
+		log_add_value(&t, s->rcpts[i].addr);
 		text_add(&t, "> file=");
-		text_add(&t, box->path);
+		log_add_value(&t, box->path);
 		text_add(&t, "/new/");
 		text_add(&t, box->file);
 	}
-	log_text(line);
-}
-
-static const struct {
-	int number;
-	const char *name;
-} errno_names[] = {
-	{ ENOSPC, "ENOSPC" },
-	{ EDQUOT, "EDQUOT" },
-	{ EFBIG, "EFBIG" },
-	{ EIO, "EIO" },
-	{ EACCES, "EACCES" },
-	{ EPERM, "EPERM" },
-	{ EROFS, "EROFS" },
-	{ ENOENT, "ENOENT" },
-	{ ENOTDIR, "ENOTDIR" },
-	{ EEXIST, "EEXIST" },
-	{ EXDEV, "EXDEV" },
-	{ EMLINK, "EMLINK" },
-	{ EMFILE, "EMFILE" },
-	{ ENFILE, "ENFILE" },
-	{ ELOOP, "ELOOP" },
-	{ ESTALE, "ESTALE" },
-	{ EBADF, "EBADF" },
-	{ EINVAL, "EINVAL" },
-	{ ENAMETOOLONG, "ENAMETOOLONG" },
-	{ EOVERFLOW, "EOVERFLOW" },
-};
-
-/* A symbolic errno is one token and the same in every libc and locale. */
-static void add_errno(struct text *t, int e)
-{
-	for (size_t i = 0; i < sizeof errno_names / sizeof errno_names[0]; i++)
-		if (errno_names[i].number == e)
-			return text_add(t, errno_names[i].name);
-	text_add(t, "E");
-	text_add_num(t, (unsigned long long)(e > 0 ? e : 0), 0);
+	log_text(L_INFO, line);
 }
 
 /* "452 4.3.1 Insufficient..." as " reply=452 code=4.3.1". */
 static void add_reply_code(struct text *t, enum reply_id id)
 {
-	const char *text = replies[id].text;
-
-	text_add(t, " reply=");
-	text_add_n(t, text, 3);
-	text_add(t, " code=");
-	text_add_n(t, text + 4, strcspn(text + 4, " "));
+	log_add_reply(t, replies[id].text);
 }
 
 /* One line per recipient that did not get the message, naming its Maildir and what failed
@@ -1026,18 +985,18 @@ static void log_failure(struct session *s, const struct rcpt *rc, enum reply_id 
 	text_add(&t, "failed id=");
 	text_add(&t, s->md.id);
 	text_add(&t, " to=<");
-	text_add(&t, rc->addr);
+	log_add_value(&t, rc->addr);
 	text_add(&t, "> path=");
-	text_add(&t, box->path);
+	log_add_value(&t, box->path);
 	text_add(&t, " op=");
 	text_add(&t, box->fail_op ? box->fail_op : "withdrawn");
 	text_add(&t, " errno=");
 	if (box->fail_op)
-		add_errno(&t, box->fail_errno);
+		log_add_errno(&t, box->fail_errno);
 	else
 		text_add(&t, "-");
 	add_reply_code(&t, why);
-	log_text(line);
+	log_text(L_WARN, line);
 }
 
 /* A message refused as a whole before delivery: too big, a loop, or the spool failed. */
@@ -1049,19 +1008,19 @@ static void log_rejected(struct session *s)
 	text_add(&t, "rejected id=");
 	text_add(&t, s->md.id);
 	text_add(&t, " from=<");
-	text_add(&t, s->sender);
+	log_add_value(&t, s->sender);
 	text_add(&t, "> recipients=");
 	text_add_num(&t, s->rcpt_count, 0);
 	if (s->md.fail_op != NULL) {
 		text_add(&t, " path=");
-		text_add(&t, s->md.boxes[0].path); /* the spool's Maildir */
+		log_add_value(&t, s->md.boxes[0].path); /* the spool's Maildir */
 		text_add(&t, " op=");
 		text_add(&t, s->md.fail_op);
 		text_add(&t, " errno=");
-		add_errno(&t, s->md.fail_errno);
+		log_add_errno(&t, s->md.fail_errno);
 	}
 	add_reply_code(&t, s->txn_error);
-	log_text(line);
+	log_text(L_WARN, line);
 }
 
 /* The reply for recipient i: in SMTP the transaction's, in LMTP its own Maildir's outcome. */
@@ -1471,35 +1430,80 @@ static void h_mail(struct session *s, char *arg)
 	reply(s, RPL_MAIL_OK);
 }
 
+/* One log line per refused recipient, so that "recipients=0" is never the only trace; for a
+ * Maildir's verdict it names the path that decided and what is wrong there. */
+static void refuse_rcpt(struct session *s, const char *to, enum reply_id id, bool looked)
+{
+	char line[LOG_LINE_MAX];
+	struct text t = text_on(line, sizeof line);
+
+	text_add(&t, "refused client=");
+	text_add(&t, s->cfg->client_addr[0] ? s->cfg->client_addr : "-");
+	text_add(&t, " from=<");
+	log_add_value(&t, s->sender);
+	text_add(&t, "> to=<");
+	log_add_value(&t, to);
+	text_add(&t, ">");
+	add_reply_code(&t, id);
+	log_add_reason(&t, replies[id].text);
+	if (looked && s->md.why_path[0] != '\0') {
+		bool maildir = id == RPL_NO_USER || id == RPL_TEMP;
+		const char *detail = maildir ? md_explain(s->md.why_path) : NULL;
+		text_add(&t, " path=");
+		log_add_value(&t, s->md.why_path);
+		text_add(&t, detail ? " detail=" : "");
+		text_add(&t, detail ? detail : "");
+		text_add(&t, s->md.why_errno ? " errno=" : "");
+		if (s->md.why_errno)
+			log_add_errno(&t, s->md.why_errno);
+	}
+	log_text(L_WARN, line);
+	reply(s, id);
+}
+
+/* The path as the client wrote it, for the log of a recipient that could not be parsed. */
+static const char *raw_path(const char *path, char *buf, size_t size)
+{
+	size_t len = strcspn(path, " ");
+
+	if (len >= 2 && path[0] == '<' && path[len - 1] == '>')
+		path++, len -= 2;
+	struct text t = text_on(buf, size);
+	text_add_n(&t, path, len);
+	return buf;
+}
+
 static void h_rcpt(struct session *s, char *arg)
 {
 	struct address a;
 	const char *path = after_keyword(arg, "TO:"), *rest = NULL;
 	size_t box;
+	char raw[LINE_MAX_OCTETS];
 
 	s->rcpt_tried = true;
 	enum path_result pr = path ? parse_path(path, &a, &rest) : PATH_BAD;
 	if (pr == PATH_BAD || pr == PATH_BAD_UTF8 || pr == PATH_NULL ||
 	    (*rest != '\0' && *rest != ' ')) {
-		reply(s, pr == PATH_BAD_UTF8 ? RPL_BAD_UTF8 : RPL_BAD_RCPT);
+		refuse_rcpt(s, raw_path(path ? path : arg, raw, sizeof raw),
+			    pr == PATH_BAD_UTF8 ? RPL_BAD_UTF8 : RPL_BAD_RCPT, false);
 		return;
 	}
 	if (*rest != '\0') {
-		reply(s, RPL_UNKNOWN_PARAM);
+		refuse_rcpt(s, a.text, RPL_UNKNOWN_PARAM, false);
 		return;
 	}
 	if (a.has_8bit && !s->smtputf8) {
-		reply(s, RPL_NEED_UTF8);
+		refuse_rcpt(s, a.text, RPL_NEED_UTF8, false);
 		return;
 	}
 	if (s->rcpt_count >= s->cfg->max_rcpt) {
-		reply(s, RPL_TOO_MANY_RCPT);
+		refuse_rcpt(s, a.text, RPL_TOO_MANY_RCPT, false);
 		return;
 	}
 	const char *domain = pr == PATH_POSTMASTER ? s->cfg->hostname : a.domain;
 	enum md_result r = md_add(&s->md, s->cfg->mail_template, a.local, domain, &box);
 	if (r != MD_OK) {
-		reply(s, md_replies[r]);
+		refuse_rcpt(s, a.text, md_replies[r], true);
 		return;
 	}
 	struct rcpt *rc = &s->rcpts[s->rcpt_count++];
@@ -1895,7 +1899,7 @@ static void log_session(struct session *s)
 		text_add(&t, " tls_cipher=");
 		text_add(&t, s->tls_cipher[0] ? s->tls_cipher : "-");
 	}
-	log_text(line);
+	log_text(L_INFO, line);
 }
 
 int smtp_session(struct config *cfg)
@@ -1914,12 +1918,12 @@ int smtp_session(struct config *cfg)
 	s->started_ms = s->last_input_ms = now_ms();
 	s->rcpts = malloc(cfg->max_rcpt * sizeof *s->rcpts);
 	if (s->rcpts == NULL || md_txn_init(&s->md, cfg->max_rcpt) != 0) {
-		log_line("out of memory");
+		log_line(L_ERR, "out of memory");
 		free(s->rcpts);
 		return EXIT_TEMPFAIL;
 	}
 	if (cfg->proxy && !read_proxy_header(s)) {
-		end_session(s, EXIT_DROPPED, "bad PROXY header");
+		end_session(s, EXIT_DROPPED, "bad-proxy-header");
 	} else {
 		reply_around(s, "220 ", cfg->hostname, cfg->lmtp ? " LMTP smtpd" : " ESMTP smtpd");
 		s->greeted = true;
@@ -1932,4 +1936,75 @@ int smtp_session(struct config *cfg)
 	md_txn_free(&s->md);
 	free(s->rcpts);
 	return s->exit_status;
+}
+
+/* ---- the address probe (-b): RCPT's verdict without a session ---- */
+
+static const char *errno_name(int e)
+{
+	static char name[24];
+	struct text t = text_on(name, sizeof name);
+
+	log_add_errno(&t, e);
+	return name;
+}
+
+/* One address: what RCPT would answer, and for an accepted one whether DATA could deliver
+ * there. Returns true when mail to it would be delivered. */
+static bool probe_one(struct config *cfg, struct md_txn *txn, const char *addr)
+{
+	char path_text[LINE_MAX_OCTETS];
+	struct text t = text_on(path_text, sizeof path_text);
+	struct address a;
+	const char *rest = "", *detail = NULL;
+	size_t box;
+	enum reply_id id = RPL_NONE;
+
+	text_add(&t, addr[0] == '<' ? "" : "<");
+	text_add(&t, addr);
+	text_add(&t, addr[0] == '<' ? "" : ">");
+	enum path_result pr = t.cut ? PATH_BAD : parse_path(path_text, &a, &rest);
+	if (pr == PATH_BAD || pr == PATH_BAD_UTF8 || pr == PATH_NULL || *rest != '\0')
+		id = pr == PATH_BAD_UTF8 ? RPL_BAD_UTF8 : RPL_BAD_RCPT;
+	const char *domain = pr == PATH_POSTMASTER ? cfg->hostname : a.domain;
+	enum md_result r =
+		id != RPL_NONE ? MD_OK : md_add(txn, cfg->mail_template, a.local, domain, &box);
+	const char *path = id != RPL_NONE ? "" : r == MD_OK ? txn->boxes[box].path : txn->why_path;
+	if (r != MD_OK)
+		id = md_replies[r];
+	if ((id == RPL_NONE || id == RPL_NO_USER || id == RPL_TEMP) && path[0] != '\0')
+		detail = md_explain(path);
+	/* A catch-all that is not there yet is made by the first session. */
+	bool made = id == RPL_NONE && detail != NULL && md_is_catch_all(cfg->mail_template) &&
+		    strstr(detail, "missing") != NULL;
+	if (id == RPL_NONE && detail != NULL && !made)
+		id = RPL_TEMP; /* RCPT would take it; DATA would fail there */
+	if (id == RPL_NONE)
+		printf("%s: deliver to %s%s\n", addr, path,
+		       made ? " (made by the first session)" : "");
+	else if (path[0] == '\0')
+		printf("%s: %s\n", addr, replies[id].text);
+	else if (detail == NULL && txn->why_errno != 0)
+		printf("%s: %s: %s: %s (%s)\n", addr, replies[id].text, path,
+		       errno_name(txn->why_errno), strerror(txn->why_errno));
+	else
+		printf("%s: %s: %s%s%s\n", addr, replies[id].text, path, detail ? ": " : "",
+		       detail ? detail : "");
+	md_reset(txn);
+	return id == RPL_NONE;
+}
+
+int smtp_probe(struct config *cfg, char **addrs, size_t count)
+{
+	struct md_txn txn;
+	bool all = true;
+
+	if (md_txn_init(&txn, 1) != 0) {
+		log_line(L_ERR, "out of memory");
+		return EXIT_TEMPFAIL;
+	}
+	for (size_t i = 0; i < count; i++)
+		all &= probe_one(cfg, &txn, addrs[i]);
+	md_txn_free(&txn);
+	return all ? EXIT_QUIT : EXIT_PROBE_FAILED;
 }

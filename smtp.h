@@ -44,6 +44,7 @@ enum {
 	EXIT_USAGE = 64,
 	EXIT_OSERR = 71,
 	EXIT_TEMPFAIL = 75,
+	EXIT_PROBE_FAILED = 67, /* -b: some address would not be delivered (EX_NOUSER) */
 };
 
 struct config {
@@ -55,6 +56,7 @@ struct config {
 	unsigned session_timeout;        /* -T, seconds */
 	bool lmtp;                       /* -L */
 	bool proxy;                      /* -p */
+	bool probe;                      /* -b: the operands are addresses to look up */
 	char client_addr[ADDR_TEXT_MAX]; /* "" when unknown (a pipe) */
 	bool tls;                        /* a UCSPI-TLS launcher: STARTTLS is offered */
 	int tls_ctl, tls_rd, tls_wr;     /* then SSLCTLFD, SSLREADFD, SSLWRITEFD */
@@ -116,10 +118,23 @@ static inline bool text_copy(char *dst, size_t size, const char *src)
 
 /* session.c: runs one whole session on fds 0 and 1; returns the exit status. */
 int smtp_session(struct config *cfg);
+/* session.c: -b, for each address the Maildir or the reply, on stdout; delivers nothing. */
+int smtp_probe(struct config *cfg, char **addrs, size_t count);
 
-/* smtpd.c: one log line, to syslog or to stderr (see smtpd.c); log_text takes it made. */
-void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void log_text(const char *line);
+/* log.c: one log line, to syslog, the journal or stderr (chosen once by log_open); log_text
+ * takes it made. Levels are syslog's and sd-daemon(3)'s numbers. */
+enum log_level {
+	L_ERR = 3,  /* smtpd could not start: the admin must act */
+	L_WARN = 4, /* a recipient refused, a delivery failed, a message rejected */
+	L_INFO = 6, /* deliveries and sessions */
+};
+void log_open(void);
+void log_line(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_text(enum log_level level, const char *line);
+void log_add_value(struct text *t, const char *value);  /* blanks become '?': one token */
+void log_add_errno(struct text *t, int e);              /* "EACCES", or "E<n>" */
+void log_add_reply(struct text *t, const char *reply);  /* " reply=550 code=5.1.1" */
+void log_add_reason(struct text *t, const char *reply); /* " reason=no-such-user" */
 
 /* mailbox.c: recipients to Maildirs, and durable delivery into them. */
 enum md_result {
@@ -155,6 +170,8 @@ struct md_txn {
 	char id[MSG_ID_MAX]; /* "<sec>.M<usec>P<pid>Q<n>", set by md_begin */
 	const char *fail_op; /* on failure: the call that failed, for the log */
 	int fail_errno;
+	char why_path[MD_PATH_MAX]; /* after md_add refused: the path that decided, or "" */
+	int why_errno;              /* and the errno of a failure that was not the sender's, or 0 */
 };
 
 /* At start-up: the catch-all made if missing (its parent must exist), or the directory a
@@ -169,5 +186,11 @@ enum md_result md_commit(struct md_txn *txn, bool all_or_nothing);
 void md_abort(struct md_txn *txn);
 void md_reset(struct md_txn *txn);
 void md_txn_free(struct md_txn *txn);
+/* What is wrong with the Maildir at path as one token ("new-is-a-symlink"), or NULL. */
+const char *md_explain(const char *path);
+/* The address probe (-b): from now on nothing is created; a missing catch-all (or its cur/
+ * new/ tmp/) is let pass, as the first session would make it. */
+void md_set_probe(void);
+bool md_is_catch_all(const char *tmpl);
 
 #endif

@@ -1,4 +1,4 @@
-/* smtpd.c: options, the launcher's environment, logging, start-up. */
+/* smtpd.c: options, the launcher's environment, start-up. */
 #define _POSIX_C_SOURCE 200809L
 #include "smtp.h"
 
@@ -8,22 +8,19 @@
 #include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
-static const char usage_text[] = "usage: smtpd [-Lp] [-h hostname] [-m template] [-r max_rcpt] "
-				 "[-s max_bytes] [-t seconds] [-T seconds] | smtpd -V";
+static const char usage_text[] =
+	"usage: smtpd [-Lp] [-h hostname] [-m template] [-r max_rcpt] "
+	"[-s max_bytes] [-t seconds] [-T seconds] | smtpd -b [-h hostname] "
+	"[-m template] address ... | smtpd -V";
 
-static bool log_to_syslog;
-static char log_prefix[32]; /* "smtpd[<pid>]: ", made once */
-static size_t log_prefix_len;
 static char default_template[MD_PATH_MAX];
 static char host_buf[HELO_MAX + 1];
 
@@ -40,71 +37,42 @@ static _Noreturn void die_usage(const char *what, const char *detail)
 	exit(EXIT_USAGE);
 }
 
-/* One write per line, so that lines of concurrent sessions sharing a log never interleave. */
-void log_text(const char *line)
+/* "smtpd: -r 1001: out of range (1 to 1000)": the option, its value, what it accepts; then the
+ * usage line. value is NULL for an option given without one. */
+static _Noreturn void die_option(int opt, const char *value, const char *what)
 {
-	char buf[LOG_LINE_MAX + sizeof log_prefix];
-	struct text t = text_on(buf, sizeof buf - 1); /* the last byte is for the newline */
-
-	text_add_n(&t, log_prefix, log_prefix_len);
-	text_add(&t, line);
-	/* Log lines carry client text: nothing below a space gets through. */
-	for (size_t i = log_prefix_len; i < t.len; i++)
-		if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f)
-			buf[i] = '?';
-	if (log_to_syslog) {
-		syslog(LOG_MAIL | LOG_INFO, "%s", buf + log_prefix_len);
-		return;
-	}
-	buf[t.len] = '\n';
-	/* A failed write is not retried: when stderr is gone there is nowhere to say so. */
-	(void)!write(2, buf, t.len + 1);
+	fprintf(stderr, "smtpd: -%c%s%s: %s\n%s\n", opt, value ? " " : "", value ? value : "", what,
+		usage_text);
+	exit(EXIT_USAGE);
 }
 
-void log_line(const char *fmt, ...)
+static _Noreturn void die_number(int opt, const char *text, const char *what, uint64_t min,
+				 uint64_t max)
 {
-	char line[LOG_LINE_MAX];
-	va_list ap;
+	char range[80];
 
-	va_start(ap, fmt);
-	vsnprintf(line, sizeof line, fmt, ap);
-	va_end(ap);
-	log_text(line);
-}
-
-/* Under inetd and xinetd fd 2 is the client's socket: a log line there would enter the SMTP
- * stream. Log to stderr only when fd 2 is open and is not the same file as fd 0 or fd 1. */
-static bool stderr_is_private(void)
-{
-	struct stat err, in, out;
-
-	if (fstat(2, &err) != 0)
-		return false;
-	if (fstat(0, &in) == 0 && in.st_dev == err.st_dev && in.st_ino == err.st_ino)
-		return false;
-	if (fstat(1, &out) == 0 && out.st_dev == err.st_dev && out.st_ino == err.st_ino)
-		return false;
-	return true;
+	snprintf(range, sizeof range, "%s (%llu to %llu)", what, (unsigned long long)min,
+		 (unsigned long long)max);
+	die_option(opt, text, range);
 }
 
 /* A decimal number in [min, max], nothing else: no sign, no blanks, no overflow. */
 static uint64_t parse_number(int opt, const char *text, uint64_t min, uint64_t max)
 {
 	uint64_t value = 0;
-	char name[3] = { '-', (char)opt, '\0' };
 
 	if (*text == '\0')
-		die_usage("empty value for", name);
+		die_number(opt, "''", "empty value", min, max);
 	for (const char *p = text; *p; p++) {
 		if (*p < '0' || *p > '9')
-			die_usage("not a number", text);
+			die_number(opt, text, "not a decimal number", min, max);
 		unsigned digit = (unsigned)(*p - '0');
 		if (value > (UINT64_MAX - digit) / 10)
-			die_usage("number too large", text);
+			die_number(opt, text, "out of range", min, max);
 		value = value * 10 + digit;
 	}
 	if (value < min || value > max)
-		die_usage("value out of range", text);
+		die_number(opt, text, "out of range", min, max);
 	return value;
 }
 
@@ -114,10 +82,10 @@ static const char *checked_hostname(const char *name)
 	size_t len = strlen(name);
 
 	if (len == 0 || len > HELO_MAX)
-		die_usage("bad host name length", name);
+		die_number('h', *name ? "..." : "''", "host name length out of range", 1, HELO_MAX);
 	for (const char *p = name; *p; p++)
 		if (*p <= ' ' || *p >= 0x7f || *p == '/')
-			die_usage("bad character in host name", name);
+			die_option('h', name, "blank, control byte, non-ASCII or / in host name");
 	return name;
 }
 
@@ -149,13 +117,15 @@ static const char *home_maildir(void)
 	return default_template;
 }
 
-static void parse_options(int argc, char **argv, struct config *cfg)
+/* Returns where the operands start: with -b, the addresses to look up. */
+static int parse_options(int argc, char **argv, struct config *cfg)
 {
 	int opt;
 
 	opterr = 0;
-	while ((opt = getopt(argc, argv, ":Lph:m:r:s:t:T:V")) != -1) {
+	while ((opt = getopt(argc, argv, ":bLph:m:r:s:t:T:V")) != -1) {
 		switch (opt) {
+		case 'b': cfg->probe = true; break;
 		case 'L': cfg->lmtp = true; break;
 		case 'p': cfg->proxy = true; break;
 		case 'h': cfg->hostname = checked_hostname(optarg); break;
@@ -169,18 +139,19 @@ static void parse_options(int argc, char **argv, struct config *cfg)
 			cfg->session_timeout = (unsigned)parse_number(opt, optarg, 1, TIMEOUT_MAX);
 			break;
 		case 'V': printf("smtpd %s\n", SMTPD_VERSION); exit(EXIT_QUIT);
-		case ':': die_usage("option needs a value", argv[optind - 1]);
-		default: {
-			char name[3] = { '-', (char)optopt, '\0' };
-			die_usage("unknown option", name);
-		}
+		case ':': die_option(optopt, NULL, "needs a value");
+		default: die_option(optopt, NULL, "unknown option");
 		}
 	}
-	if (optind != argc)
-		die_usage("unexpected argument", argv[optind]);
+	if (cfg->probe && optind == argc)
+		die_option('b', NULL, "needs at least one address after the options");
+	if (!cfg->probe && optind != argc)
+		die_usage(argv[optind], "unexpected argument (only -b takes addresses)");
 	if (cfg->mail_template != NULL &&
 	    (*cfg->mail_template == '\0' || strlen(cfg->mail_template) >= MD_PATH_MAX))
-		die_usage("bad -m template length", NULL);
+		die_number('m', *cfg->mail_template ? "..." : "''", "template length out of range",
+			   1, MD_PATH_MAX - 1);
+	return optind;
 }
 
 /* Only what an address can hold passes; "::ffff:192.0.2.1" is shown as the IPv4 it is. */
@@ -267,9 +238,16 @@ static void check_store(const struct config *cfg)
 	if (md_check_store(cfg->mail_template, path, sizeof path) == 0)
 		return;
 	int e = errno;
-	log_line("unavailable path=%s error=%s", path, strerror(e));
+	char line[LOG_LINE_MAX];
+	struct text t = text_on(line, sizeof line);
+	text_add(&t, "unavailable path=");
+	log_add_value(&t, path);
+	text_add(&t, " errno=");
+	log_add_errno(&t, e);
+	log_add_reply(&t, "421 4.3.0");
+	log_text(L_ERR, line);
 	char reply[LINE_MAX_OCTETS];
-	struct text t = text_on(reply, sizeof reply);
+	t = text_on(reply, sizeof reply);
 	text_add(&t, "421 4.3.0 ");
 	text_add(&t, cfg->hostname);
 	text_add(&t, " Mail store unavailable, try again later\r\n");
@@ -286,7 +264,7 @@ int main(int argc, char **argv)
 		.session_timeout = DEFAULT_SESSION_TIMEOUT,
 	};
 
-	parse_options(argc, argv, &cfg);
+	int operands = parse_options(argc, argv, &cfg);
 	if (cfg.hostname == NULL)
 		cfg.hostname = default_hostname();
 	if (cfg.mail_template == NULL)
@@ -295,14 +273,12 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGXFSZ, SIG_IGN);
 	umask(077);
-	struct text prefix = text_on(log_prefix, sizeof log_prefix);
-	text_add(&prefix, "smtpd[");
-	text_add_num(&prefix, (unsigned long long)getpid(), 0);
-	text_add(&prefix, "]: ");
-	log_prefix_len = prefix.len;
-	log_to_syslog = !stderr_is_private();
-	if (log_to_syslog)
-		openlog("smtpd", LOG_PID, LOG_MAIL);
+	log_open();
+	if (cfg.probe) {
+		md_set_probe();
+		check_store(&cfg);
+		return smtp_probe(&cfg, argv + operands, (size_t)(argc - operands));
+	}
 	find_client_addr(&cfg);
 	find_tls(&cfg);
 	check_store(&cfg);

@@ -274,7 +274,7 @@ message_of() {
 	[ "$n" -ge 3 ] && [ "$n" -le 7 ]
 }
 
-@test "options: bad values exit 64 with one line on stderr and nothing on stdout" {
+@test "options: bad values exit 64 with an smtpd: line on stderr and nothing on stdout" {
 	local args
 	for args in "-r 0" "-r 1001" "-t 0" "-T 0" "-t 86401" "-s abc" "-s -1" "-s 0" \
 		"-r 99999999999999999999" "-x" "-m" "-h bad/name" "extra"; do
@@ -438,14 +438,14 @@ count_file_calls() {
 	[ "$RC" -eq 75 ]
 	expect_replies '421 4.3.0 test.example Mail store unavailable, try again later'
 	[ ! -e "$T/typo" ]
-	grep -qE "unavailable path=$T/typo/Maildir error=" "$T/err"
+	grep -qE "unavailable path=$T/typo/Maildir errno=ENOENT " "$T/err"
 }
 
 @test "templates: a %d/%u template whose fixed directory is missing is a start-up error, not 550s" {
 	run_smtpd "HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y.example>\r\nQUIT\r\n" -m "$T/vhots/%d/%u"
 	[ "$RC" -eq 75 ]
 	expect_replies '421 4.3.0 test.example Mail store unavailable, try again later'
-	grep -qE "unavailable path=$T/vhots error=" "$T/err"
+	grep -qE "unavailable path=$T/vhots errno=ENOENT " "$T/err"
 }
 
 @test "templates: HOME is a path, never a template: % in it stands for itself" {

@@ -99,7 +99,7 @@ with smtplib.SMTP('127.0.0.1', $port, local_hostname='c.example', timeout=8) as 
 
 @test "manual: every option in the usage text is documented in smtpd.8" {
 	local opt
-	for opt in L p h m r s t T V; do
+	for opt in b L p h m r s t T V; do
 		grep -q "^\.It Fl $opt\b" "$ROOT/smtpd.8" || { echo "no -$opt in smtpd.8"; false; }
 	done
 }

@@ -25,16 +25,6 @@
 
 static char root[256], out_path[300], in_path[300], tls_out_path[300], tls_in_path[300];
 
-void log_text(const char *line)
-{
-	(void)line;
-}
-
-void log_line(const char *fmt, ...)
-{
-	(void)fmt;
-}
-
 static void make_maildir(const char *path)
 {
 	char sub[512];

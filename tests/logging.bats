@@ -1,0 +1,210 @@
+#!/usr/bin/env bats
+# The log: one line per refused recipient, per delivery, per failure and per session, every
+# value one token; where lines go (stderr, the journal stream, syslog, a terminal) and with
+# which priority.
+
+load pipe
+
+setup() {
+	T=$(mktemp -d)
+	V=$T/vhosts
+	x_maildir "$V/x.example/bob"
+	mkdir -p "$V/x.example/eve/cur" "$V/x.example/eve/tmp"
+	ln -s "$T" "$V/x.example/eve/new"
+}
+
+teardown() {
+	if [ -f "$T/syslogd.pid" ]; then
+		x_stop_pid "$(cat "$T/syslogd.pid")"
+		rm -f /dev/log
+	fi
+	rm -rf "$T"
+}
+
+# Every line: "smtpd[pid]: " then words, each after the first a key=value with no blank inside.
+tokens_ok() { # FILE
+	local line bad=0
+	while IFS= read -r line; do
+		line=${line#smtpd\[*\]: }
+		line=${line#<[0-9]>}
+		# shellcheck disable=SC2086
+		set -- $line
+		shift
+		for w in "$@"; do
+			[[ $w == [a-z]*=?* ]] || { echo "not key=value: '$w' in: $line" >&2; bad=1; }
+		done
+	done <"$1"
+	return $bad
+}
+
+# the lines of $T/err that match the extended regex $1 (after the prefix) must number $2
+count_is() {
+	local n
+	n=$(grep -cE "^smtpd\[[0-9]+\]: $1" "$T/err" || true)
+	x_eq "$n" "$2" "lines matching '$1' (stderr was: $(cat "$T/err"))"
+}
+
+@test "refused: one line per refused recipient with the reply, a one-word reason and the path" {
+	x_maildir "$V/x.example/d"
+	x_session 'EHLO c\r\nMAIL FROM:<a@q.example>\r\nRCPT TO:<nobody@x.example>\r\nRCPT TO:<eve@x.example>\r\nRCPT TO:<c@nodomain.example>\r\nRCPT TO:<"a b"@x.example>\r\nRCPT TO:<../x@x.example>\r\nRCPT TO:<bob@x.example>\r\nRCPT TO:<d@x.example>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n' \
+		-r 1 -m "$V/%d/%u"
+	count_is "refused client=- from=<a@q[.]example> to=<nobody@x[.]example> reply=550 code=5[.]1[.]1 reason=no-such-user path=$V/x[.]example/nobody detail=directory-missing$" 1
+	count_is "refused client=- from=<a@q[.]example> to=<eve@x[.]example> reply=550 code=5[.]1[.]1 reason=no-such-user path=$V/x[.]example/eve detail=new-is-a-symlink$" 1
+	count_is "refused client=- from=<a@q[.]example> to=<c@nodomain[.]example> reply=550 code=5[.]7[.]1 reason=relaying-denied path=$V/nodomain[.]example$" 1
+	count_is 'refused client=- from=<a@q[.]example> to=<"a[?]b"@x[.]example> reply=550 code=5[.]1[.]1 reason=no-such-user ' 1
+	count_is 'refused client=- from=<a@q[.]example> to=<[.][.]/x@x[.]example> reply=501 code=5[.]1[.]3 reason=bad-recipient-address-syntax$' 1
+	count_is 'refused client=- from=<a@q[.]example> to=<d@x[.]example> reply=452 code=4[.]5[.]3 reason=too-many-recipients$' 1
+	count_is 'refused ' 6
+	count_is 'delivered .* to=<bob@x[.]example> file=' 1
+	count_is 'session client=- helo=c messages=1 recipients=1 bytes=[0-9]+ end=quit seconds=' 1
+	tokens_ok "$T/err"
+}
+
+@test "refused: a Maildir whose tmp/ or new/ is missing says which" {
+	mkdir -p "$V/x.example/nonew/tmp"
+	x_session 'HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<nonew@x.example>\r\nQUIT\r\n' -m "$V/%d/%u"
+	count_is 'refused client=- from=<> to=<nonew@x[.]example> reply=550 code=5[.]1[.]1 reason=no-such-user path=.*/nonew detail=new-missing$' 1
+}
+
+@test "refused: a name that could leave the store is 5.1.3 bad-recipient-name" {
+	x_session 'HELO c\r\nMAIL FROM:<a@q>\r\nRCPT TO:<"../x"@x.example>\r\nRCPT TO:<".a"@x.example>\r\nQUIT\r\n' -m "$V/%d/%u"
+	count_is 'refused client=- from=<a@q> to=<"[.][.]/x"@x[.]example> reply=550 code=5[.]1[.]3 reason=bad-recipient-name$' 1
+	count_is 'refused client=- from=<a@q> to=<"[.]a"@x[.]example> reply=550 code=5[.]1[.]3 reason=bad-recipient-name$' 1
+}
+
+@test "refused: as root, a tmp/ owned by another user than its Maildir is a 451 naming it and EPERM" {
+	[ "$(id -u)" -eq 0 ] || skip "needs root"
+	x_maildir "$V/x.example/m"
+	chown nobody "$V/x.example/m" "$V/x.example/m/new" "$V/x.example/m/cur"
+	x_session 'HELO c\r\nMAIL FROM:<a@q>\r\nRCPT TO:<m@x.example>\r\nQUIT\r\n' -m "$V/%d/%u"
+	count_is "refused client=- from=<a@q> to=<m@x[.]example> reply=451 code=4[.]3[.]0 reason=local-error-in-delivery path=$V/x[.]example/m detail=tmp-wrong-owner errno=EPERM$" 1
+}
+
+@test "end=: each way a session ends is one token" {
+	x_session 'HELO c\r\n' -m "$T/M"
+	count_is 'session .* end=client-closed seconds=' 1
+	x_session 'HELO c\r\nQUIT\r\n' -m "$T/M"
+	count_is 'session .* end=quit seconds=' 1
+	x_session 'X\r\nX\r\nX\r\nX\r\nX\r\nX\r\nX\r\nX\r\nX\r\nX\r\n' -m "$T/M"
+	count_is 'session .* end=too-many-errors seconds=' 1
+	x_session 'GET / HTTP/1.0\r\n\r\n' -p -m "$T/M"
+	count_is 'session .* end=bad-proxy-header seconds=' 1
+	mkfifo "$T/fifo"
+	{ printf 'HELO c\r\n'; sleep 3; } >"$T/fifo" &
+	timeout 20 "$(x_smtpd)" -h t.example -t 1 -m "$T/M" <"$T/fifo" >"$T/out" 2>"$T/err" || true
+	wait
+	count_is 'session .* end=timeout seconds=' 1
+	tokens_ok "$T/err"
+}
+
+@test "rejected and unavailable: a message refused as a whole, a store missing at start-up" {
+	x_session 'HELO c\r\nMAIL FROM:<a@q>\r\nRCPT TO:<b@x>\r\nDATA\r\n0123456789\r\n.\r\nQUIT\r\n' -s 5 -m "$T/M"
+	count_is 'rejected id=[0-9.MPQ]+ from=<a@q> recipients=1 reply=552 code=5[.]3[.]4$' 1
+	{ printf 'HELO c\r\nMAIL FROM:<a@q>\r\nRCPT TO:<b@x>\r\nDATA\r\n'
+	  for i in $(seq 101); do printf 'Received: from h%d\r\n' "$i"; done
+	  printf '\r\nhi\r\n.\r\nQUIT\r\n'; } >"$T/in"
+	x_run -m "$T/M"
+	count_is 'rejected id=[0-9.MPQ]+ from=<a@q> recipients=1 reply=554 code=5[.]4[.]6$' 1
+	x_session 'HELO c\r\nQUIT\r\n' -m "$T/missing/Maildir"
+	x_eq "$XS" 75 "exit status"
+	count_is "unavailable path=$T/missing/Maildir errno=ENOENT reply=421 code=4[.]3[.]0$" 1
+	tokens_ok "$T/err"
+}
+
+@test "failed: a delivery that fails names the recipient, the path, the call and the errno" {
+	[ "$(id -u)" -ne 0 ] || command -v setpriv >/dev/null || skip "needs setpriv to drop root"
+	x_maildir "$T/ro"
+	printf 'HELO c\r\nMAIL FROM:<a@q>\r\nRCPT TO:<b@x>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n' >"$T/in"
+	chmod 500 "$T/ro/tmp"
+	if [ "$(id -u)" -eq 0 ]; then
+		chown -R nobody "$T"
+		setpriv --reuid=nobody --regid=nogroup --clear-groups "$(x_smtpd)" -h t.example -m "$T/ro" \
+			<"$T/in" >"$T/out" 2>"$T/err" || true
+	else
+		x_run -m "$T/ro" || true
+	fi
+	count_is "rejected id=[0-9.MPQ]+ from=<a@q> recipients=1 path=$T/ro op=create-in-tmp errno=EACCES reply=451 code=4[.]3[.]0$" 1
+}
+
+# ---- where lines go
+
+journal_of() { stat -c '%d:%i' "$1"; }
+
+@test "journal: when fd 2 is the JOURNAL_STREAM, lines carry <N> priorities and no prefix of ours" {
+	printf 'HELO c\r\nMAIL FROM:<a@q>\r\nRCPT TO:<bob@x.example>\r\nRCPT TO:<nobody@x.example>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n' >"$T/in"
+	: >"$T/err"
+	JOURNAL_STREAM=$(journal_of "$T/err") "$(x_smtpd)" -h t.example -m "$V/%d/%u" <"$T/in" >"$T/out" 2>>"$T/err"
+	cat "$T/err"
+	x_eq "$(grep -c 'smtpd\[' "$T/err")" 0 "lines with our own prefix"
+	x_eq "$(grep -cE '^<4>refused client=- from=<a@q> to=<nobody@x[.]example> reply=550 ' "$T/err")" 1 "<4> refused"
+	x_eq "$(grep -cE '^<6>delivered id=' "$T/err")" 1 "<6> delivered"
+	x_eq "$(grep -cE '^<6>session client=- ' "$T/err")" 1 "<6> session"
+	x_eq "$(wc -l <"$T/err")" 3 "lines"
+	: >"$T/err"
+	JOURNAL_STREAM=$(journal_of "$T/err") "$(x_smtpd)" -h t.example -m "$T/missing/M" <"$T/in" >"$T/out" 2>>"$T/err" || true
+	x_eq "$(grep -cE '^<3>unavailable path=' "$T/err")" 1 "<3> unavailable"
+}
+
+@test "journal: a JOURNAL_STREAM that is not fd 2, or malformed, leaves the plain format" {
+	printf 'HELO c\r\nQUIT\r\n' >"$T/in"
+	: >"$T/other"
+	for js in "$(journal_of "$T/other")" "$(journal_of "$T/err" 2>/dev/null || echo 1:2)x" "" "12"; do
+		: >"$T/err"
+		JOURNAL_STREAM=$js "$(x_smtpd)" -h t.example -m "$T/M" <"$T/in" >"$T/out" 2>>"$T/err"
+		grep -qE '^smtpd\[[0-9]+\]: session client=- helo=c ' "$T/err" || { echo "JOURNAL_STREAM='$js': $(cat "$T/err")"; false; }
+		x_eq "$(grep -c '^<' "$T/err")" 0 "priority prefixes with JOURNAL_STREAM='$js'"
+	done
+}
+
+syslog_start() {
+	[ ! -e /dev/log ] || return 1
+	"${PY:-python3}" "$BATS_TEST_DIRNAME/syslogd.py" /dev/log "$T/syslog" 2>"$T/syslogd.log" &
+	echo $! >"$T/syslogd.pid"
+	for i in $(seq 250); do
+		[ -S /dev/log ] && return 0
+		sleep 0.02
+	done
+	return 1
+}
+
+# waits until $T/syslog holds a line matching $1
+syslog_wait() {
+	for i in $(seq 250); do
+		grep -qE "$1" "$T/syslog" 2>/dev/null && return 0
+		sleep 0.02
+	done
+	echo "no syslog line matching $1; got: $(cat "$T/syslog" 2>/dev/null)" >&2
+	return 1
+}
+
+@test "syslog: with fd 2 closed, facility mail with priorities: info, warning, err" {
+	syslog_start || skip "/dev/log exists (a syslog daemon runs): cannot capture"
+	# /dev/log is the machine's: other smtpd processes may log there too; ours are marked
+	local h=h$$x$RANDOM
+	printf 'HELO %s\r\nMAIL FROM:<%s@q>\r\nRCPT TO:<bob@x.example>\r\nRCPT TO:<nobody@x.example>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n' "$h" "$h" >"$T/in"
+	"$(x_smtpd)" -h t.example -m "$V/%d/%u" <"$T/in" >"$T/out" 2>&-
+	"$(x_smtpd)" -h t.example -m "$T/missing/M" <"$T/in" >"$T/out" 2>&- || true
+	syslog_wait "unavailable path=$T/"
+	syslog_wait "session client=- helo=$h "
+	grep -F -e "$h" -e "$T/" "$T/syslog" >"$T/ours"
+	cat "$T/ours"
+	# mail = 2: <20> warning, <22> info, <19> err
+	x_eq "$(grep -cE "^<20>.* smtpd\[[0-9]+\]: refused client=- from=<$h@q> to=<nobody@x[.]example> " "$T/ours")" 1 "<20> refused"
+	x_eq "$(grep -cE "^<22>.* smtpd\[[0-9]+\]: delivered id=[^ ]+ from=<$h@q> " "$T/ours")" 1 "<22> delivered"
+	x_eq "$(grep -cE "^<22>.* smtpd\[[0-9]+\]: session client=- helo=$h " "$T/ours")" 1 "<22> session"
+	x_eq "$(grep -cE "^<19>.* smtpd\[[0-9]+\]: unavailable path=$T/missing/M " "$T/ours")" 1 "<19> unavailable"
+	x_eq "$(wc -l <"$T/ours")" 4 "our lines"
+}
+
+@test "terminal: fds 0, 1 and 2 on one tty log to the tty, not to syslog" {
+	command -v script >/dev/null || skip "script (bsdutils) not installed"
+	syslog_start || skip "/dev/log exists (a syslog daemon runs): cannot capture"
+	# the tty turns CR into LF: a session with LF line ends
+	local h=h$$x$RANDOM
+	{ printf 'HELO %s\r\n' "$h"; sleep 0.5; printf 'QUIT\r\n'; sleep 0.5; } |
+		timeout 20 script -qec "$(x_smtpd) -h t.example -m $T/M" /dev/null >"$T/tty" || true
+	cat -A "$T/tty"
+	grep -qE "smtpd\[[0-9]+\]: session client=- helo=$h messages=0 recipients=0 bytes=0 end=quit " "$T/tty"
+	sleep 0.2
+	x_eq "$(grep -c "$h" "$T/syslog" 2>/dev/null || true)" 0 "our lines in syslog"
+}
