@@ -222,7 +222,7 @@ static void find_tls(struct config *cfg)
 	if (set == 0)
 		return;
 	if (valid < 3) {
-		log_line("tls unavailable: SSLCTLFD, SSLREADFD and SSLWRITEFD must name open fds");
+		log_line(L_WARN, "tls-unavailable reason=SSL-fds-not-open");
 		return;
 	}
 	cfg->tls = true;

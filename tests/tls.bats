@@ -391,7 +391,7 @@ r.send(b"QUIT\r\n"); r.reply()
 		l_stop_pid "$LPID"
 		rm -f "$T/port" "$T/status"
 	done
-	grep -q 'tls unavailable: SSLCTLFD, SSLREADFD and SSLWRITEFD must name open fds' "$T/launcher.log"
+	grep -q 'tls-unavailable reason=SSL-fds-not-open' "$T/launcher.log"
 }
 
 @test "LMTP (-L): LHLO, STARTTLS, LHLO again, delivered with LMTPS" {
