@@ -59,6 +59,14 @@ tests/fuzz/fuzz_session: tests/fuzz/fuzz_session.c session.c mailbox.c smtp.h
 bench: smtpd smtpd-static
 	bash bench/run.sh
 
+# Under Debian 12's systemd as PID 1 in a container (root; debootstraps a cached tree once).
+check-systemd: smtpd
+	bash tests/nspawn.sh check
+
+# A benchmark, not a test: the shipped unit against the same unit without its sandbox.
+bench-systemd: smtpd
+	bash tests/nspawn.sh bench
+
 demo: smtpd
 	@rm -rf demo && mkdir demo
 	@for t in examples/*.txt; do \
@@ -80,4 +88,5 @@ format-check:
 clean:
 	rm -rf smtpd smtpd-asan smtpd-static tests/faultinject.so tests/fuzz/fuzz_session demo
 
-.PHONY: all bench static check check-static check-valgrind fuzz demo install format format-check clean
+.PHONY: all bench bench-systemd static check check-static check-systemd check-valgrind fuzz demo install \
+	format format-check clean
