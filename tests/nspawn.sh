@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ROOTFS=${SMTPD_ROOTFS:-/var/cache/smtpd-test/bookworm-rootfs}
-# swaks needs libio-socket-inet6-perl for IPv6; the list is kept in the tree: a new list, a new tree
-PACKAGES=systemd,systemd-sysv,dbus,swaks,libio-socket-inet6-perl,python3
+# swaks needs libio-socket-inet6-perl for IPv6, and netbase (/etc/protocols) for that; the list is kept in the tree: a new list, a new tree
+PACKAGES=systemd,systemd-sysv,dbus,swaks,libio-socket-inet6-perl,netbase,python3
 BOOT_WAIT=60     # seconds for the container's systemd to finish booting
 STOP_WAIT=30     # seconds for a clean poweroff before SIGTERM, then SIGKILL
 NSPID="" STAGE=""

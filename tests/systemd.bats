@@ -5,15 +5,23 @@
 
 setup() {
 	[ -n "${CPID:-}" ] || skip "needs the container: run make check-systemd (tests/nspawn.sh check)"
+	# where this test's journal starts: failures are looked for after it
+	CURSOR=$(in_ct journalctl -q -n 1 --show-cursor -o cat | sed -n 's/^-- cursor: //p')
 }
 
 in_ct() { timeout 60 nsenter -t "$CPID" -a "$@"; }
 client() { in_ct python3 /srv/stage/ct_client.py "$@"; }
 BOX=/var/mail/vhosts/example.org
 
-# running or failed instances of the session services, one per line
+# running instances of the session services, one per line
 instances() { in_ct systemctl list-units --all --plain --no-legend 'smtpd@*' 'smtpd-lmtp@*'; }
-failed_units() { in_ct systemctl list-units --failed --plain --no-legend 'smtpd*'; }
+# Failed smtpd units since the test began. CollectMode=inactive-or-failed unloads a failed
+# instance at once (else each connection's unit would stay loaded), so `systemctl --failed`
+# never lists one: the journal is where failures show.
+failed_units() {
+	journal --after-cursor="$CURSOR" -u 'smtpd*' -o cat | grep -F "Failed with result" || true
+	in_ct systemctl list-units --failed --plain --no-legend 'smtpd*'
+}
 
 # until no session instance is left (10 s at most)
 wait_idle() {
@@ -81,7 +89,6 @@ swaks_to() { # SERVER SUBJECT [RCPT]
 	# the aborted session ended with exit 1, which the unit counts as success
 	journal -t smtpd -o cat | grep -q 'helo=gone.example .*end=client closed'
 	[ -z "$(failed_units)" ]
-	! journal -u 'smtpd@*' -o cat | grep -F "Failed with result"
 }
 
 @test "instances: a start-up failure (exit 75) and a crash still mark the unit failed" {
@@ -96,22 +103,22 @@ print(s.makefile("rb").readline().decode().rstrip())'
 	echo "$output"
 	[[ $output == "421 4.3.0 mx.example.org Mail store unavailable"* ]]
 	for i in $(seq 100); do [ -n "$(failed_units)" ] && break; sleep 0.1; done
-	failed_units | grep -q '^smtpd@'
-	journal -u 'smtpd@*' -o cat | grep -q 'status=75/TEMPFAIL'
-	in_ct systemctl reset-failed 'smtpd@*'
+	failed_units | grep -q "Failed with result 'exit-code'"
+	journal --after-cursor="$CURSOR" -u 'smtpd@*' -o cat | grep -q 'status=75/TEMPFAIL'
 	# a session killed by a signal
 	in_ct timeout 30 python3 -c '
-import socket, time
-s = socket.create_connection(("127.0.0.1", 25), 10); s.makefile("rb").readline(); time.sleep(20)' &
+import socket
+s = socket.create_connection(("127.0.0.1", 25), 20); f = s.makefile("rb"); f.readline(); f.read(1)' &
 	for i in $(seq 100); do u=$(instances | awk '{print $1}'); [ -n "$u" ] && break; sleep 0.1; done
 	[ -n "$u" ]
-	in_ct systemctl kill -s SEGV "$u"
-	for i in $(seq 100); do [ -n "$(failed_units)" ] && break; sleep 0.1; done
-	failed_units | grep -q "^$u"
-	journal -u "$u" -o cat | grep -q "Failed with result 'core-dump'\|Failed with result 'signal'"
-	in_ct systemctl reset-failed 'smtpd@*'
-	kill %1 2>/dev/null || true
-	wait || true
+	# SIGKILL: a crash that never leaves a core file (the kernel and its core_pattern are the host's)
+	in_ct systemctl kill -s KILL "$u"
+	for i in $(seq 100); do
+		journal -u "$u" -o cat | grep -q "Failed with result" && break
+		sleep 0.1
+	done
+	journal -u "$u" -o cat | grep -F "Failed with result 'signal'"
+	wait || true  # the client sees the connection close when smtpd dies
 	wait_idle
 }
 
@@ -144,7 +151,7 @@ s = socket.create_connection(("127.0.0.1", 25), 10); s.makefile("rb").readline()
 	echo "$output"
 	[ "$output" = 8 ]
 	journal -u smtpd.socket -o cat |
-		grep -qF 'Too many incoming connections (8) from source 127.0.0.2, dropping connection.'
+		grep -qE 'Too many incoming connections \([0-9]+\) from source 127\.0\.0\.2, dropping connection'
 	wait_idle
 	run client hold 127.0.0.2 1 25
 	[ "$output" = 1 ]
@@ -162,21 +169,25 @@ s = socket.create_connection(("127.0.0.1", 25), 10); s.makefile("rb").readline()
 	[ -z "$(failed_units)" ]
 }
 
-@test "burst: 500 connects in well under a second, then a normal delivery works; nothing failed" {
-	local before after
+@test "burst: 500 connects in well under a second; the socket listens on, a delivery works; nothing failed" {
+	local before after t0 i
 	before=$(in_ct sh -c "ls $BOX/alice/new | wc -l")
 	run client burst 500 25
 	echo "# $output" >&3
 	[ "$status" -eq 0 ]
 	[ "$(in_ct systemctl is-active smtpd.socket)" = active ]
+	# the burst's sessions (64 at most at once) end as they start: the client is gone
+	t0=$(date +%s%N)
+	for i in $(seq 30); do wait_idle 2>/dev/null && break; done
+	wait_idle
+	echo "# drained in $((($(date +%s%N) - t0) / 1000000)) ms" >&3
 	run swaks_to 127.0.0.1 "after the burst"
 	echo "$output"
 	[ "$status" -eq 0 ]
 	after=$(in_ct sh -c "ls $BOX/alice/new | wc -l")
 	[ "$after" -eq $((before + 1)) ]
+	[ "$(in_ct systemctl is-active smtpd.socket)" = active ]
 	! journal -u smtpd.socket -o cat | grep -i 'trigger limit'
-	for i in $(seq 30); do wait_idle 2>/dev/null && break; done
-	wait_idle
 	[ -z "$(failed_units)" ]
 }
 
@@ -203,8 +214,11 @@ s = socket.create_connection(("127.0.0.1", 25), 10); s.makefile("rb").readline()
 	done
 }
 
-@test "at the end: no session instance left and no smtpd unit failed" {
+@test "at the end: no session instance left; the two failures made on purpose are all" {
 	wait_idle
-	[ -z "$(failed_units)" ]
+	run journal -u 'smtpd*' -o cat
+	echo "$output" | grep -F "Failed with result"
+	[ "$(echo "$output" | grep -cF "Failed with result")" -eq 2 ]
+	[ -z "$(in_ct systemctl list-units --failed --plain --no-legend 'smtpd*')" ]
 	[ "$(in_ct systemctl is-active smtpd.socket smtpd-lmtp.socket | sort -u)" = active ]
 }
