@@ -113,30 +113,40 @@ install_smtpd() {
 		systemctl enable --now smtpd.socket smtpd-lmtp.socket 2>/dev/null'
 }
 
-# The shipped unit as a second instance on port 2526 without its sandbox: the lines between
-# "NoNewPrivileges=" and the end of the file go, the rest stays.
-install_bare() {
-	in_ct sh -euc '
-		sed "s/^ListenStream=25$/ListenStream=2526/" /etc/systemd/system/smtpd.socket \
-			>/etc/systemd/system/smtpd-bare.socket
-		sed "/^NoNewPrivileges=/,\$d" /etc/systemd/system/smtpd@.service \
-			>/etc/systemd/system/smtpd-bare@.service
-		install -d -o vmail -g vmail -m 700 /var/mail/vhosts/example.org/bench
-		for d in cur new tmp; do install -d -o vmail -g vmail -m 700 /var/mail/vhosts/example.org/bench/$d; done
+# A variant of the shipped unit on its own port: NAME PORT SED-SCRIPT (applied to the service).
+install_variant() {
+	in_ct sh -euc "
+		sed 's/^ListenStream=25\$/ListenStream=$2/' /etc/systemd/system/smtpd.socket \
+			>/etc/systemd/system/smtpd-$1.socket
+		sed '$3' /etc/systemd/system/smtpd@.service >/etc/systemd/system/smtpd-$1@.service
 		systemctl daemon-reload
-		systemctl start smtpd-bare.socket'
+		systemctl start smtpd-$1.socket"
 }
 
+bench_one() { # NAME PORT
+	local c
+	for c in 1 5; do
+		printf '%-22s ' "$1"
+		in_ct timeout 300 python3 /srv/stage/ct_client.py bench 127.0.0.1 "$2" "$BENCH_N" "$c"
+	done
+}
+
+# The shipped unit; the same without its sandbox (the lines from "NoNewPrivileges=" to the
+# end go); and for each word of $BENCH_WITHOUT (a key, or keys joined by commas) the shipped
+# unit without those keys alone.
 bench() {
-	local n=${BENCH_SESSIONS:-100} u port c
-	install_bare
-	echo "# $(in_ct systemctl --version | head -n 1), $(nproc) CPUs, $n one-message sessions"
-	for u in shipped:25 bare:2526; do
-		port=${u#*:}
-		for c in 1 5; do
-			printf '%-8s ' "${u%:*}"
-			in_ct timeout 300 python3 /srv/stage/ct_client.py bench 127.0.0.1 "$port" "$n" "$c"
-		done
+	local port=2600 k
+	BENCH_N=${BENCH_SESSIONS:-100}
+	in_ct sh -euc 'install -d -o vmail -g vmail -m 700 /var/mail/vhosts/example.org/bench
+		for d in cur new tmp; do install -d -o vmail -g vmail -m 700 /var/mail/vhosts/example.org/bench/$d; done'
+	install_variant bare 2526 '/^NoNewPrivileges=/,$d'
+	echo "# $(in_ct systemctl --version | head -n 1), $(nproc) CPUs, $BENCH_N one-message sessions"
+	bench_one shipped 25
+	bench_one no-sandbox 2526
+	for k in ${BENCH_WITHOUT:-}; do # KEY or KEY,KEY,... (removed together)
+		install_variant "w$port" "$port" "/^\(${k//,/\\|}\)=/d"
+		bench_one "without $k" "$port"
+		port=$((port + 1))
 	done
 }
 
