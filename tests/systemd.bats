@@ -137,7 +137,7 @@ s = socket.create_connection(("127.0.0.1", 25), 20); f = s.makefile("rb"); f.rea
 	run journal -p warning -t smtpd -o cat
 	echo "warning and above: $output"
 	[ -n "$output" ]
-	echo "$output" | grep -q '^failed id=.* to=<carol@example.org>'
+	echo "$output" | grep -qE '^(failed|rejected) id=.*(to=<carol@example.org>|example.org/carol )'
 	! echo "$output" | grep -vE '^(failed|rejected|unavailable) '
 	# the start-up failure of the test above is an error
 	journal -p err -t smtpd -o cat | grep -q '^unavailable path='
@@ -225,6 +225,28 @@ s = socket.create_connection(("127.0.0.1", 25), 20); f = s.makefile("rb"); f.rea
 	[[ ${lines[0]} == "alice@example.org 250 "* ]]
 	[[ ${lines[1]} =~ ^carol@example.org\ [45][0-9][0-9]\  ]]
 	in_ct grep -q ' with LMTP id ' "$BOX/alice/new/$(newest $BOX/alice)"
+	wait_idle
+	[ -z "$(failed_units)" ]
+}
+
+@test "LMTP socket: the MTA's group by a drop-in, as README says (SocketGroup=postfix)" {
+	local lmtp_as_postfix="setpriv --reuid=postfix --regid=postfix --init-groups python3 - lmtp /run/smtpd/lmtp.sock alice@example.org </srv/stage/ct_client.py"
+	in_ct sh -c 'getent group postfix || useradd -r -U -s /usr/sbin/nologin postfix'
+	run in_ct sh -c "$lmtp_as_postfix"
+	echo "$output"
+	[ "$status" -ne 0 ]
+	[[ $output == *PermissionError* ]]
+	in_ct sh -euc 'mkdir -p /etc/systemd/system/smtpd-lmtp.socket.d
+		printf "[Socket]\nSocketGroup=postfix\n" >/etc/systemd/system/smtpd-lmtp.socket.d/group.conf
+		systemctl daemon-reload
+		systemctl restart smtpd-lmtp.socket'
+	run in_ct sh -c "$lmtp_as_postfix"
+	echo "$output"
+	in_ct sh -euc 'rm -r /etc/systemd/system/smtpd-lmtp.socket.d
+		systemctl daemon-reload
+		systemctl restart smtpd-lmtp.socket'
+	[ "$status" -eq 0 ]
+	[[ $output == "alice@example.org 250 "* ]]
 	wait_idle
 	[ -z "$(failed_units)" ]
 }
