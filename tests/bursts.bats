@@ -25,12 +25,11 @@ teardown() {
 	rm -rf "$T"
 }
 
-@test "xinetd: 200 quick connects to the shipped file, then a normal client is greeted at once" {
+# the shipped file with only what a loopback test must change, started in the foreground
+b_xinetd_start() {
 	command -v xinetd >/dev/null || skip "xinetd is not installed"
-	local port
 	port=$(l_free_port)
 	mkdir -p "$T/Maildir"
-	# the shipped file with only what a loopback test must change
 	sed -e "s#^\(\s*port\s*=\).*#\1 $port#" -e 's#^\(\s*user\s*=\).*#\1 root#' \
 		-e 's#^\(\s*group\s*=\).*#\1 root#' -e "s#^\(\s*server\s*=\).*#\1 $SMTPD#" \
 		-e "s#^\(\s*server_args\s*=\).*#\1 -h test.example -m $T/Maildir#" \
@@ -41,10 +40,35 @@ teardown() {
 		"$ROOT/xinetd.d/smtpd" >"$T/xinetd.conf"
 	# AddressSanitizer reserves terabytes of address space: the shipped 64M cap would kill it.
 	[[ "$SMTPD" != *-asan ]] || sed -i '/rlimit_as/d' "$T/xinetd.conf"
-	grep -q '^\s*cps\s*=' "$T/xinetd.conf"
 	xinetd -dontfork -f "$T/xinetd.conf" -pidfile "$T/xinetd.pid" 3>&- 2>"$T/xinetd.err" &
 	echo $! >"$T/xinetd.pid.own"
 	l_wait_listen "$port"
+}
+
+# N connections held open at once from SRC (a * in it: 1..N); prints how many were greeted
+b_hold() { # SRC N
+	timeout 60 "$PY" -c "
+import socket
+socks, greeted = [], 0
+for i in range($2):
+    s = socket.socket()
+    s.settimeout(5)
+    s.bind(('$1'.replace('*', str(1 + i)), 0))
+    s.connect(('127.0.0.1', $port))
+    socks.append(s)
+for s in socks:
+    try:
+        greeted += s.makefile('rb').readline().startswith(b'220 ')
+    except OSError:
+        pass
+print(greeted)
+"
+}
+
+@test "xinetd: 200 quick connects to the shipped file, then a normal client is greeted at once" {
+	local port
+	b_xinetd_start
+	grep -q '^\s*cps\s*=' "$T/xinetd.conf"
 	run timeout 60 "$PY" -c "
 import socket, sys, time
 port, refused = $port, 0
@@ -75,4 +99,22 @@ sys.exit(0 if refused == 0 and greeting.startswith('220 ') and took < 1 else 1)
 "
 	echo "# $output" >&3
 	[ "$status" -eq 0 ]
+}
+
+@test "xinetd: instances = 50: the 51st session at once is closed without a greeting (service_limit)" {
+	local port
+	b_xinetd_start
+	run b_hold '127.0.3.*' 55
+	echo "$output"
+	[ "$output" = 50 ]
+	grep -q 'FAIL: smtpd-test service_limit from=127.0.3.5[1-5]' "$T/xinetd.log"
+}
+
+@test "xinetd: per_source = 5: a sixth session from one address is closed without a greeting" {
+	local port
+	b_xinetd_start
+	run b_hold 127.0.0.3 7
+	echo "$output"
+	[ "$output" = 5 ]
+	grep -q 'FAIL: smtpd-test per_source_limit from=127.0.0.3' "$T/xinetd.log"
 }
