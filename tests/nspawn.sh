@@ -13,7 +13,7 @@ ROOTFS=${SMTPD_ROOTFS:-/var/cache/smtpd-test/bookworm-rootfs}
 PACKAGES=systemd,systemd-sysv,dbus,swaks,libio-socket-inet6-perl,netbase,python3
 BOOT_WAIT=60     # seconds for the container's systemd to finish booting
 STOP_WAIT=30     # seconds for a clean poweroff before SIGTERM, then SIGKILL
-NSPID="" STAGE=""
+NSPID="" STAGE="" JOB=""
 
 die() { echo "nspawn.sh: $*" >&2; exit 1; }
 
@@ -36,7 +36,11 @@ rootfs() {
 	command -v debootstrap >/dev/null || die "no debootstrap: apt-get install debootstrap"
 	m=$(mirror)
 	[ -n "$m" ] || die "no Debian mirror in /etc/apt/sources.list*"
+	# one debootstrap at a time: a second run waits, then finds the tree made
 	mkdir -p "$(dirname "$ROOTFS")"
+	exec 9>"$ROOTFS.lock"
+	flock -w 1500 9 || die "another run holds $ROOTFS.lock"
+	[ "$(cat "$ROOTFS/.smtpd-test-packages" 2>/dev/null)" = "$PACKAGES" ] && return 0
 	rm -rf "$ROOTFS.tmp"
 	echo "# debootstrap bookworm minbase from $m into $ROOTFS (once)" >&2
 	timeout 1200 debootstrap --variant=minbase --include="$PACKAGES" bookworm "$ROOTFS.tmp" "$m" \
@@ -60,6 +64,8 @@ in_ct() { timeout 120 nsenter -t "$CPID" -a "$@"; }
 stop() {
 	local i
 	trap - EXIT INT TERM
+	# the tests or the bench first; what they run inside ends with the container
+	[ -z "$JOB" ] || kill "$JOB" 2>/dev/null || true
 	if [ -n "$NSPID" ] && kill -0 "$NSPID" 2>/dev/null; then
 		[ -z "${CPID:-}" ] || timeout 10 nsenter -t "$CPID" -a systemctl poweroff >/dev/null 2>&1 || true
 		for i in $(seq $((STOP_WAIT * 10))); do kill -0 "$NSPID" 2>/dev/null || break; sleep 0.1; done
@@ -150,6 +156,14 @@ bench() {
 	done
 }
 
+# Runs "$@" as a job and waits for it: bash runs a trap only between commands, and wait is
+# one that a signal interrupts, so an interrupt stops the container at once.
+in_background() {
+	"$@" &
+	JOB=$!
+	wait "$JOB"
+}
+
 case ${1:-} in
 rootfs) rootfs ;;
 check)
@@ -157,14 +171,14 @@ check)
 	rootfs
 	boot
 	install_smtpd
-	timeout 900 bats "$ROOT/tests/systemd.bats"
+	in_background timeout 900 bats "$ROOT/tests/systemd.bats"
 	;;
 bench)
 	[ -x "$ROOT/smtpd" ] || die "build smtpd first (make)"
 	rootfs
 	boot
 	install_smtpd
-	bench
+	in_background bench
 	;;
 *) die "usage: tests/nspawn.sh check|bench|rootfs" ;;
 esac
