@@ -62,15 +62,14 @@ container_pid() {
 in_ct() { timeout 120 nsenter -t "$CPID" -a "$@"; }
 
 stop() {
-	local i
 	trap - EXIT INT TERM
 	# the tests or the bench first; what they run inside ends with the container
 	[ -z "$JOB" ] || kill "$JOB" 2>/dev/null || true
 	if [ -n "$NSPID" ] && kill -0 "$NSPID" 2>/dev/null; then
 		[ -z "${CPID:-}" ] || timeout 10 nsenter -t "$CPID" -a systemctl poweroff >/dev/null 2>&1 || true
-		for i in $(seq $((STOP_WAIT * 10))); do kill -0 "$NSPID" 2>/dev/null || break; sleep 0.1; done
+		for _ in $(seq $((STOP_WAIT * 10))); do kill -0 "$NSPID" 2>/dev/null || break; sleep 0.1; done
 		kill -TERM "$NSPID" 2>/dev/null || true
-		for i in $(seq 50); do kill -0 "$NSPID" 2>/dev/null || break; sleep 0.1; done
+		for _ in $(seq 50); do kill -0 "$NSPID" 2>/dev/null || break; sleep 0.1; done
 		kill -KILL "$NSPID" 2>/dev/null || true
 		wait "$NSPID" 2>/dev/null || true
 	fi
@@ -80,7 +79,7 @@ stop() {
 # Boots the container with smtpd, the shipped units and the test clients bound read-only at
 # /srv/stage; sets CPID.
 boot() {
-	local i state
+	local state=""
 	STAGE=$(mktemp -d)
 	install -m 755 "$ROOT/smtpd" "$STAGE/smtpd"
 	cp -r "$ROOT/systemd" "$STAGE/systemd"
@@ -92,13 +91,13 @@ boot() {
 		--console=read-only >"$STAGE/console.log" 2>&1 </dev/null &
 	NSPID=$!
 	CPID=""
-	for i in $(seq $((BOOT_WAIT * 10))); do
+	for _ in $(seq $((BOOT_WAIT * 10))); do
 		CPID=$(container_pid) && break
 		kill -0 "$NSPID" 2>/dev/null || { cat "$STAGE/console.log" >&2; die "systemd-nspawn exited"; }
 		sleep 0.1
 	done
 	[ -n "$CPID" ] || die "no systemd in the container after ${BOOT_WAIT}s"
-	for i in $(seq $((BOOT_WAIT * 5))); do
+	for _ in $(seq $((BOOT_WAIT * 5))); do
 		state=$(timeout 20 nsenter -t "$CPID" -a systemctl is-system-running --wait 2>/dev/null) && break
 		case $state in running | degraded) break ;; esac
 		sleep 0.2
