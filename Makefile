@@ -78,6 +78,14 @@ coverage: $(SRC) smtp.h tests/faultinject.so
 bench: smtpd smtpd-static
 	bash bench/run.sh
 
+# Under Debian 12's systemd as PID 1 in a container (root; debootstraps a cached tree once).
+check-systemd: smtpd
+	bash tests/nspawn.sh check
+
+# A benchmark, not a test: the shipped unit against the same unit without its sandbox.
+bench-systemd: smtpd
+	bash tests/nspawn.sh bench
+
 demo: smtpd
 	@rm -rf demo && mkdir demo
 	@for t in examples/*.txt; do \
@@ -104,4 +112,5 @@ format-check:
 clean:
 	rm -rf smtpd smtpd-asan smtpd-static tests/faultinject.so tests/fuzz/fuzz_session demo cov
 
-.PHONY: all bench coverage deps static check check-static check-valgrind fuzz demo install uninstall format format-check clean
+.PHONY: all bench bench-systemd coverage deps static check check-static check-systemd \
+	check-valgrind fuzz demo install uninstall format format-check clean

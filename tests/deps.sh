@@ -9,7 +9,7 @@
 set -u
 packages="bats swaks libio-socket-ssl-perl xinetd ucspi-tcp-ipv6 socat haproxy dovecot-imapd curl python3 strace
 time valgrind mandoc faketime clang-format iproute2 util-linux systemd clang libclang-rt-14-dev musl-tools
-netcat-openbsd openssl bsdutils"
+netcat-openbsd openssl bsdutils debootstrap systemd-container"
 policy=/usr/sbin/policy-rc.d
 missing=""
 for p in $packages; do
