@@ -87,7 +87,7 @@ swaks_to() { # SERVER SUBJECT [RCPT]
 	client abort 127.0.0.1 25
 	wait_idle
 	# the aborted session ended with exit 1, which the unit counts as success
-	journal -t smtpd -o cat | grep -q 'helo=gone.example .*end=client closed'
+	journal -t smtpd -o cat | grep -q 'helo=gone.example .*end=client-closed'
 	[ -z "$(failed_units)" ]
 }
 
