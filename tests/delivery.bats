@@ -211,3 +211,151 @@ stored_body() {
 	[ "$(stored_body "$f" | od -An -c | tr -d ' ')" = '\n' ]
 	[ "$(tail -c 1 "$f" | od -An -c | tr -d ' ')" = '\n' ]
 }
+
+# ---- every error path of delivery, each with its reply and nothing left behind ----
+
+# two_boxes: y/b and y/c; as root c belongs to another user when $1 is "owners"
+two_boxes() {
+	mkdir -p "$T/y/"{b,c}/{cur,new,tmp}
+	[ "${1:-}" != owners ] || chown -R 2002:2002 "$T/y/c"
+}
+
+# faulted SMTPD-ARGS...: one SMTP message to b and c under the fault in FAULT_* variables
+faulted() {
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nDATA\r\nSubject: f\r\n\r\nbody\r\n.\r\nQUIT\r\n' |
+		LD_PRELOAD=$SHIM "$SMTPD" -h test.example -m "$T/%d/%u" "$@" > "$T/out" 2> "$T/err"
+}
+
+nothing_left() {
+	[ -z "$(find "$T"/y/*/tmp "$T"/y/*/new -type f)" ]
+}
+
+@test "a hard link refused (EXDEV, EPERM, ENOTSUP, EMLINK) becomes a copy: delivered, c's file its own inode" {
+	local e
+	for e in EXDEV EPERM ENOTSUP EMLINK; do
+		rm -rf "$T/y" && two_boxes
+		FAULT_CALL=linkat FAULT_NTH=1 FAULT_ERRNO=$e faulted
+		grep -q '^250 2.0.0 .* delivered' "$T/out" || { echo "$e"; cat "$T/out"; return 1; }
+		[ "$(stat -c %h "$T"/y/c/new/*)" -eq 1 ] || { echo "$e: not a copy"; return 1; }
+		cmp "$T"/y/b/new/* "$T"/y/c/new/*
+	done
+}
+
+@test "a hard link that fails otherwise (EIO, ENOSPC) fails the message: 451/452, nothing left" {
+	two_boxes
+	FAULT_CALL=linkat FAULT_NTH=1 FAULT_ERRNO=EIO faulted
+	grep -q '^451 4.3.0 ' "$T/out"
+	nothing_left
+	FAULT_CALL=linkat FAULT_NTH=1 FAULT_ERRNO=ENOSPC faulted
+	grep -q '^452 4.3.1 ' "$T/out"
+	nothing_left
+}
+
+@test "root: linkat of the descriptor refused with ENOENT (no CAP_DAC_READ_SEARCH) links through /proc instead" {
+	need_root
+	two_boxes
+	FAULT_CALL=linkat FAULT_NTH=1 FAULT_ERRNO=ENOENT faulted
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	[ "$(stat -c %h "$T"/y/c/new/*)" -eq 2 ]
+}
+
+@test "EINTR is retried: a write, a copy's read and its write interrupted once still deliver" {
+	need_root
+	local call nth
+	for call in write:1 pread:1 write:2; do
+		rm -rf "$T/y" && two_boxes owners
+		FAULT_CALL=${call%:*} FAULT_NTH=${call#*:} FAULT_ERRNO=EINTR faulted
+		grep -q '^250 2.0.0 .* delivered' "$T/out" || { echo "$call"; cat "$T/out" "$T/err"; return 1; }
+		cmp "$T"/y/b/new/* "$T"/y/c/new/*
+	done
+}
+
+@test "a copy that fails (its read, write, fchown or fsync) fails the message: 4xx, nothing left" {
+	need_root
+	local call
+	for call in pread write:2 fchown fsync:2; do
+		rm -rf "$T/y" && two_boxes owners
+		local nth=${call#*:}
+		[ "$nth" != "$call" ] || nth=1
+		FAULT_CALL=${call%:*} FAULT_NTH=$nth FAULT_ERRNO=EIO faulted
+		grep -q '^451 4.3.0 ' "$T/out" || { echo "$call"; cat "$T/out" "$T/err"; return 1; }
+		nothing_left || { echo "$call left a file"; return 1; }
+	done
+}
+
+@test "no clock (clock_gettime fails at DATA): 451 4.3.0, nothing made, the session goes on" {
+	two_boxes
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nNOOP\r\nQUIT\r\n' > "$T/in"
+	FAULT_CALL=clock_gettime FAULT_NTH=0 FAULT_TRACE=$T/trace LD_PRELOAD=$SHIM \
+		"$SMTPD" -h test.example -m "$T/%d/%u" < "$T/in" > /dev/null 2>&1 || true
+	local n
+	for n in $(seq 1 "$(wc -l < "$T/trace")"); do
+		rm -rf "$T/y" && two_boxes
+		FAULT_CALL=clock_gettime FAULT_NTH=$n FAULT_ERRNO=EIO LD_PRELOAD=$SHIM \
+			"$SMTPD" -h test.example -m "$T/%d/%u" < "$T/in" > "$T/out" 2> "$T/err" || true
+		grep -qE '^(221|421) ' "$T/out"
+		if grep -q '^451 4.3.0 ' "$T/out"; then
+			nothing_left
+			[ "$(tail -2 "$T/out" | head -1 | tr -d '\r')" = '250 2.0.0 Ok' ]
+			return 0
+		fi
+	done
+	echo "no clock_gettime failure gave 451"
+	return 1
+}
+
+@test "a Maildir past the 16th replaced during the data: that recipient alone gets 451 (ESTALE), nothing in either" {
+	local u
+	for u in $(seq 1 18); do mkdir -p "$T/w/u$u/"{cur,new,tmp}; done
+	fifo_start -L -m "$T/%d/%u"
+	{ printf 'LHLO c\r\nMAIL FROM:<a@x>\r\n'; for u in $(seq 1 18); do printf 'RCPT TO:<u%d@w>\r\n' "$u"; done
+	  printf 'DATA\r\nSubject: stale\r\n\r\n'; } >&4
+	first_file_in "$T/w/u1/tmp" > /dev/null
+	mv "$T/w/u18" "$T/u18.old"
+	mkdir -p "$T/w/u18/"{cur,new,tmp}
+	printf 'body\r\n.\r\nQUIT\r\n' >&4
+	fifo_end
+	[ "$(grep -c '^250 2.0.0 .* delivered' "$T/out")" -eq 17 ]
+	grep -q '^451 4.3.0 ' "$T/out"
+	grep -q ' failed .*to=<u18@w> .*errno=ESTALE reply=451 code=4.3.0$' "$T/err"
+	[ -z "$(find "$T/w/u18" "$T/u18.old" -type f)" ]
+	[ "$(find "$T"/w/u{1..17}/new -type f | wc -l)" -eq 17 ]
+}
+
+@test "root: a host name with / and : is written \\057 and \\072 in the file name (Maildir's rule)" {
+	need_root
+	command -v unshare >/dev/null || skip "unshare is not installed"
+	unshare -u true 2>/dev/null || skip "UTS namespaces are not allowed here"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n' > "$T/in"
+	unshare -u sh -c 'printf "mx/1:2" > /proc/sys/kernel/hostname && exec "$1" -h test.example -m "$2" < "$3" > "$4"' sh \
+		"$SMTPD" "$T/Maildir" "$T/in" "$T/out"
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	ls "$T/Maildir/new" | grep -qE '^[0-9]+\.M[0-9]+P[0-9]+Q1\.mx\\0571\\0722,S=[0-9]+$'
+}
+
+@test "an address whose Maildir path would pass 1024 octets is refused 550 5.1.3, nothing made" {
+	local p=$T i
+	for i in 1 2 3 4; do p=$p/$(printf 'a%.0s' $(seq 235)); done
+	mkdir -p "$p"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<%s@y>\r\nQUIT\r\n' "$(printf 'b%.0s' $(seq 64))" |
+		"$SMTPD" -h test.example -m "$p/%d/%u" > "$T/out" 2> "$T/err"
+	sed -n 4p "$T/out" | grep -q '^550 5.1.3 '
+	[ -z "$(ls -A "$p")" ]
+}
+
+@test "the probe (-b) as a user who cannot write tmp/ or new/ says which; as root it names the wrong owner" {
+	need_root
+	user_maildir alice 2001
+	user_maildir bob 2001
+	chmod 500 "$T/home/alice/Maildir/tmp" "$T/home/bob/Maildir/new"
+	chmod 777 "$T/home/bob/Maildir/tmp"
+	chmod 755 "$T/home/alice" "$T/home/bob" "$T/home/alice/Maildir" "$T/home/bob/Maildir"
+	run as_uid 2002 "$SMTPD" -b -h test.example -m "$T/home/%u/Maildir" alice@h bob@h
+	[ "$status" -eq 67 ]
+	echo "$output" | grep -q '^alice@h: 451 4.3.0 .*tmp-not-writable'
+	echo "$output" | grep -q '^bob@h: 451 4.3.0 .*new-not-writable'
+	chown 2002 "$T/home/alice/Maildir/tmp"
+	run "$SMTPD" -b -h test.example -m "$T/home/%u/Maildir" alice@h
+	[ "$status" -eq 67 ]
+	echo "$output" | grep -q 'tmp-wrong-owner'
+}

@@ -1,12 +1,13 @@
 /* An LD_PRELOAD shim for tests: makes one chosen call to write, fsync, open, openat, mkdir,
- * mkdirat, link, linkat, rename, renameat, fchown, fstat, fstatat, pread, unlinkat or readlinkat
- * fail with a chosen errno.
+ * mkdirat, link, linkat, rename, renameat, fchown, fstat, fstatat, pread, unlinkat, readlinkat,
+ * close or clock_gettime fail with a chosen errno.
  *   FAULT_CALL=fsync      the function to fail (write and fsync count only fds above 2,
  *                         so the replies on fds 0-2 are never hit)
  *   FAULT_NTH=3           fail its 3rd call; 0 fails none and only counts
  *   FAULT_ERRNO=ENOSPC,EIO a list fails as many calls in a row: the 3rd with ENOSPC, the 4th
  *                         with EIO
- *   FAULT_ERRNO=ENOSPC    ENOSPC EDQUOT EIO EACCES EROFS EXDEV EMFILE EFBIG (default EIO);
+ *   FAULT_ERRNO=ENOSPC    ENOSPC EDQUOT EIO EACCES EROFS EXDEV EMFILE EFBIG EPERM ENOTSUP
+ *                         EMLINK ENOENT EINTR (default EIO); EINTR on close still closes;
  *                         EEXIST for mkdir makes the directory first, as a concurrent
  *                         session winning the race would
  *   FAULT_TRACE=file      append one line per counted call: "<function>"
@@ -19,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static const struct {
@@ -27,7 +29,8 @@ static const struct {
 } errnos[] = {
 	{"ENOSPC", ENOSPC}, {"EDQUOT", EDQUOT}, {"EIO", EIO},       {"EACCES", EACCES},
 	{"EROFS", EROFS},   {"EXDEV", EXDEV},   {"EMFILE", EMFILE}, {"EFBIG", EFBIG},
-	{"EEXIST", EEXIST},
+	{"EEXIST", EEXIST}, {"EPERM", EPERM},   {"ENOTSUP", ENOTSUP}, {"EMLINK", EMLINK},
+	{"ENOENT", ENOENT}, {"EINTR", EINTR},
 };
 
 /* The errno for the call that is FAULT_NTH + skip, or 0 when the list is shorter. */
@@ -217,4 +220,21 @@ int unlinkat(int dir, const char *path, int flags)
 ssize_t readlinkat(int dir, const char *path, char *buf, size_t len)
 {
 	return should_fail("readlinkat") ? -1 : REAL(readlinkat)(dir, path, buf, len);
+}
+
+/* A failed close still closes, as Linux's does: the descriptor is never left open. */
+int close(int fd)
+{
+	if (fd > 2 && should_fail("close")) {
+		int e = errno;
+		REAL(close)(fd);
+		errno = e;
+		return -1;
+	}
+	return REAL(close)(fd);
+}
+
+int clock_gettime(clockid_t clock, struct timespec *ts)
+{
+	return should_fail("clock_gettime") ? -1 : REAL(clock_gettime)(clock, ts);
 }
