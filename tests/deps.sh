@@ -3,7 +3,8 @@
 # nothing and fails, naming what is missing.
 set -u
 packages="bats swaks xinetd ucspi-tcp-ipv6 socat haproxy dovecot-imapd curl python3 strace
-time valgrind mandoc faketime clang-format iproute2 util-linux systemd clang libclang-rt-14-dev musl-tools"
+time valgrind mandoc faketime clang-format iproute2 util-linux systemd clang libclang-rt-14-dev musl-tools
+qemu-user-static gcc-arm-linux-gnueabihf libc6-dev-armhf-cross gcc-mips-linux-gnu libc6-dev-mips-cross"
 missing=""
 for p in $packages; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
