@@ -44,7 +44,8 @@ check-valgrind: smtpd
 	rm -rf $$logs; exit $$status
 
 # The pipe-mode suites against the static (musl) build: libc differences show here.
-STATIC_SUITES = tests/core.bats tests/golden.bats tests/extensions.bats tests/lmtp.bats tests/proxy.bats
+STATIC_SUITES = tests/core.bats tests/golden.bats tests/extensions.bats tests/lmtp.bats tests/proxy.bats \
+	tests/small.bats
 check-static: smtpd-static
 	SMTPD=$(CURDIR)/smtpd-static bats $(STATIC_SUITES)
 
