@@ -96,10 +96,17 @@ demo: smtpd
 		./smtpd -h demo.example -m ./demo/Maildir < $$t 2>/dev/null; echo; done
 	@for f in demo/Maildir/new/*; do echo "== $$f"; cat "$$f"; echo; done
 
-install: smtpd
+# What an admin installs is the fast build: static musl when musl-gcc is there (no dynamic
+# loader at each session's start: see bench/README.md), else the glibc build.
+INSTALL_BIN = $(if $(shell command -v musl-gcc 2>/dev/null),smtpd-static,smtpd)
+install: $(INSTALL_BIN)
+	@echo "installing $(INSTALL_BIN) ($(if $(filter smtpd-static,$(INSTALL_BIN)),static musl,dynamic glibc: no musl-gcc, Debian package musl-tools)) as $(DESTDIR)$(PREFIX)/sbin/smtpd"
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8
-	install -m 755 smtpd $(DESTDIR)$(PREFIX)/sbin/smtpd
+	install -m 755 $(INSTALL_BIN) $(DESTDIR)$(PREFIX)/sbin/smtpd
 	install -m 644 smtpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/smtpd.8
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/smtpd $(DESTDIR)$(PREFIX)/share/man/man8/smtpd.8
 
 format:
 	clang-format -i $(SRC) smtp.h
@@ -110,4 +117,4 @@ format-check:
 clean:
 	rm -rf smtpd smtpd-asan smtpd-static smtpd-static.libc smtpd-*-linux-* tests/faultinject.so tests/fuzz/fuzz_session demo
 
-.PHONY: all bench static cross check check-cross check-static check-valgrind fuzz demo install format format-check clean
+.PHONY: all bench static cross check check-cross check-static check-valgrind fuzz demo install uninstall format format-check clean

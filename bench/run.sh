@@ -290,34 +290,58 @@ echo
 avail_kib=$(df -Pk "$T" | awk 'NR == 2 {print $4}')
 [ "$avail_kib" -gt $((600 * 1024)) ] || die "less than 600 MiB free under $T"
 
-note "throughput: ${#CELLS[@]} cells x 2 programs x $RUNS runs"
+# the programs, each build next to its own floor: the same floor.c linked the same way
+progs=(smtpd)
+$have_static && progs+=(smtpd-static)
+progs+=(floor)
+$have_static && progs+=(floor-static)
+
+note "throughput: ${#CELLS[@]} cells x ${#progs[@]} programs x $RUNS runs"
 echo "### Throughput: smtp-source over loopback, tcpserver, one process per session"
 echo
-echo "Median of $RUNS runs, smtpd and floor in alternation; every message counted in new/."
+echo "Median of $RUNS runs, the programs in alternation; every message counted in new/."
 echo "\`tcpserver -R -H -l0 -c 40\` on 127.0.0.1 starts one server per connection. CPU is the"
 echo "user+system time of the server side (tcpserver and the sessions it reaped) per message."
 echo "Load: 1 message per session is \`smtp-source -s C -m N\`; 10 per session is C parallel"
 echo "loops of \`smtp-source -s 1 -m 10 -d\`. smtp-source does not pipeline: it waits for each reply."
+echo "smtpd/floor compares each build with the floor linked the same way (dynamic glibc; static)."
 echo
-echo "| concurrency | msgs/session | size | messages | smtpd msg/s | floor msg/s | smtpd/floor | smtpd CPU ms/msg | floor CPU ms/msg | smtpd/floor |"
-echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+printf '| concurrency | msgs/session | size | messages |'
+for p in "${progs[@]}"; do printf ' %s msg/s |' "$p"; done
+printf ' smtpd/floor |'
+$have_static && printf ' smtpd-static/floor-static | smtpd-static/floor |'
+for p in "${progs[@]}"; do printf ' %s CPU ms/msg |' "$p"; done
+printf '\n| ---: | ---: | ---: | ---: |'
+for p in "${progs[@]}" x "${progs[@]}"; do printf ' ---: |'; done
+$have_static && printf ' ---: | ---: |'
+echo
+declare -A rate cpu_ms
 for cell in "${CELLS[@]}"; do
 	read -r c k size n <<<"$cell"
-	: >"$T/r.smtpd"
-	: >"$T/r.floor"
+	for p in "${progs[@]}"; do : >"$T/r.$p"; done
 	for ((r = 1; r <= RUNS; r++)); do
-		for prog in smtpd floor; do
+		for prog in "${progs[@]}"; do
 			run_cell "$prog" "$c" "$k" "$size" "$n" >"$T/res"
 			res=$(cat "$T/res")
 			note "c=$c k=$k size=$size n=$n run $r $prog: $res (msg/s, CPU ms/msg)"
 			echo "$res" >>"$T/r.$prog"
 		done
 	done
-	sr=$(awk '{print $1}' "$T/r.smtpd" | median)
-	fr=$(awk '{print $1}' "$T/r.floor" | median)
-	sc=$(awk '{print $2}' "$T/r.smtpd" | median)
-	fc=$(awk '{print $2}' "$T/r.floor" | median)
-	echo "| $c | $k | $(human "$size") | $n | $(fmt "$sr" 1) | $(fmt "$fr" 1) | $(ratio "$sr" "$fr") | $(fmt "$sc" 3) | $(fmt "$fc" 3) | $(ratio "$sc" "$fc") |"
+	printf '| %s | %s | %s | %s |' "$c" "$k" "$(human "$size")" "$n"
+	for p in "${progs[@]}"; do
+		rate[$p]=$(awk '{print $1}' "$T/r.$p" | median)
+		cpu_ms[$p]=$(awk '{print $2}' "$T/r.$p" | median)
+		printf ' %s |' "$(fmt "${rate[$p]}" 1)"
+	done
+	printf ' %s |' "$(ratio "${rate[smtpd]}" "${rate[floor]}")"
+	if $have_static; then
+		printf ' %s | %s |' "$(ratio "${rate[smtpd-static]}" "${rate[floor-static]}")" \
+			"$(ratio "${rate[smtpd-static]}" "${rate[floor]}")"
+		# the issue's cell: 20 sessions at once, 2 KiB, kept for the summary
+		[ "$c $size" = "20 2048" ] && for p in "${progs[@]}"; do echo "$k ${rate[$p]}" >>"$T/sum.$p"; done
+	fi
+	for p in "${progs[@]}"; do printf ' %s |' "$(fmt "${cpu_ms[$p]}" 3)"; done
+	echo
 done
 echo
 
@@ -332,10 +356,6 @@ table_head() {
 }
 
 # ---------------------------------------------------------------- instructions
-progs=(smtpd)
-$have_static && progs+=(smtpd-static)
-progs+=(floor)
-$have_static && progs+=(floor-static)
 
 transcript 0 0 >"$T/none.txt"
 transcript 1 2048 >"$T/one.txt"
@@ -487,6 +507,60 @@ printf '| **total** |'
 for p in "${progs[@]}"; do printf ' **%s** |' "$(awk '$2 == "total" {print $1}' "$T/calls.$p")"; done
 echo
 echo
+
+# ---------------------------------------------------------------- start-up
+# From exec to the greeting: the system calls strace sees up to the one that writes "220 ",
+# and the minor page faults (getrusage) of a session whose client closes at once, which does
+# little more after the greeting than exit.
+note "start-up: system calls and page faults to the greeting"
+declare -A sys_greet faults
+for p in "${progs[@]}"; do
+	md=$T/su/Maildir
+	fresh_maildir "$md"
+	# shellcheck disable=SC2046
+	strace -o "$T/su.$p" $(prog_cmd "$p" "$md") </dev/null >/dev/null 2>>"$T/server.log" || true
+	sys_greet[$p]=$(awk '{n++} /^(write|sendto)\([0-9]+, "220 / {print n; exit}' "$T/su.$p")
+	for ((r = 0; r < 20; r++)); do
+		# shellcheck disable=SC2046
+		/usr/bin/time -f %R -o "$T/pf" $(prog_cmd "$p" "$md") </dev/null >/dev/null 2>>"$T/server.log" || true
+		tail -n 1 "$T/pf"
+	done | median >"$T/pf.med"
+	faults[$p]=$(cat "$T/pf.med")
+done
+echo "### Start-up: from exec to the greeting"
+echo
+echo "System calls: strace, from execve to the write of \"220 \" (both counted). Minor page faults:"
+echo "median of 20 sessions that end at the greeting (stdin /dev/null), /usr/bin/time -f %R."
+echo "Instructions: the session without a message, from the table above."
+echo
+echo "| program | system calls to the greeting | minor page faults | instructions |"
+echo "| --- | ---: | ---: | ---: |"
+for p in "${progs[@]}"; do
+	echo "| $p | ${sys_greet[$p]} | ${faults[$p]} | ${none_ir[$p]} |"
+done
+echo
+
+# ---------------------------------------------------------------- summary
+# The issue's table: 20 sessions at once, 2 KiB; msg/s as a multiple of each floor.
+if $have_static; then
+	echo "### Summary: c = 20, 2 KiB messages, msg/s as a multiple of the dynamic floor (static floor)"
+	echo
+	echo "| cell | smtpd (glibc, dynamic) | smtpd-static | floor-static |"
+	echo "| --- | ---: | ---: | ---: |"
+	for k in 1 10; do
+		get() { awk -v k="$k" '$1 == k {print $2}' "$T/sum.$1"; }
+		f=$(get floor) fs=$(get floor-static)
+		echo "| $k msg/session | $(ratio "$(get smtpd)" "$f") | $(ratio "$(get smtpd-static)" "$f") ($(ratio "$(get smtpd-static)" "$fs")) | $(ratio "$fs" "$f") |"
+	done
+	echo
+	echo "| program | instructions, 1-message session | each further message | system calls to the greeting | minor page faults |"
+	echo "| --- | ---: | ---: | ---: | ---: |"
+	for p in "${progs[@]}"; do
+		each=$(awk -v a="${one_ir[$p]}" -v b="${ten_ir[$p]}" 'BEGIN {printf "%d", (b - a) / 9}')
+		echo "| $p | ${one_ir[$p]} | $each | ${sys_greet[$p]} | ${faults[$p]} |"
+	done
+	echo
+fi
 
 # ---------------------------------------------------------------- sizes
 echo "### Binary sizes"

@@ -70,3 +70,17 @@ w(b"DATA\r\nSubject: many\r\n\r\nx\r\n.\r\nQUIT\r\n")' |
 	cmp "$T"/u0/new/* "$T"/u999/new/*
 	[ -z "$(find "$T"/u*/tmp -type f)" ]
 }
+
+@test "make install puts the static musl build in place when musl-gcc is there; make uninstall removes it" {
+	command -v musl-gcc >/dev/null || skip "no musl-gcc (Debian package musl-tools)"
+	local top=$BATS_TEST_DIRNAME/..
+	make -s -C "$top" install DESTDIR="$T/root" PREFIX=/usr > "$T/log"
+	cat "$T/log"
+	grep -q '^installing smtpd-static (static musl) as ' "$T/log"
+	cmp "$top/smtpd-static" "$T/root/usr/sbin/smtpd"
+	# static: no program interpreter (dynamic loader) in its headers
+	! readelf -l "$T/root/usr/sbin/smtpd" | grep -q INTERP
+	[ -f "$T/root/usr/share/man/man8/smtpd.8" ]
+	make -s -C "$top" uninstall DESTDIR="$T/root" PREFIX=/usr
+	[ -z "$(find "$T/root" -type f)" ]
+}
