@@ -163,6 +163,85 @@ if $have_static; then # built the way the Makefile builds smtpd-static
 	fi || die "static bench/floor.c"
 fi
 
+# Postfix as a peer, from the same unpacked package: its own config, queue and data
+# directories under $T, listening on 127.0.0.1, delivering every recipient into one Maildir
+# with virtual(8). Nothing is installed, no user is made: mail_owner is Debian's "mail", the
+# Maildir belongs to "nobody". Needs root; PEER=0 leaves it out.
+# master.cf for one cell: smtpd on 127.0.0.1:PORT, the services virtual delivery needs
+postfix_master() {
+	cat >"$PFX/conf/master.cf" <<EOF
+127.0.0.1:$1 inet n - n - - smtpd
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+smtp unix - - n - - smtp
+relay unix - - n - - smtp
+showq unix n - n - - showq
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+local unix - n n - - local
+virtual unix - n n - - virtual
+lmtp unix - - n - - lmtp
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+EOF
+	rm -f "$PFX/queue/pid/master.pid"
+}
+
+have_postfix=false
+if [ "${PEER:-1}" = 1 ] && [ "$(id -u)" = 0 ] && [ -x "$pf/usr/lib/postfix/sbin/master" ] &&
+	getent passwd mail >/dev/null && getent group news >/dev/null && getent passwd nobody >/dev/null; then
+	PFX=$T/postfix
+	mkdir -p "$PFX/conf" "$PFX/queue" "$PFX/data" "$PFX/mail"
+	chmod 711 "$T"
+	chown mail "$PFX/data"
+	chown nobody "$PFX/mail"
+	cat >"$PFX/conf/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $PFX/queue
+data_directory = $PFX/data
+daemon_directory = $pf/usr/lib/postfix/sbin
+command_directory = $pf/usr/sbin
+shlib_directory = $pf/usr/lib/postfix
+meta_directory = $pf/etc/postfix
+import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C LD_LIBRARY_PATH=$pf/usr/lib/postfix
+mail_owner = mail
+setgid_group = news
+maillog_file = /dev/stdout
+myhostname = $HOSTNAME_ARG
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+virtual_mailbox_domains = $HOSTNAME_ARG
+virtual_mailbox_base = $PFX/mail
+virtual_mailbox_maps = static:Maildir/
+virtual_uid_maps = static:$(id -u nobody)
+virtual_gid_maps = static:$(id -g nobody)
+virtual_minimum_uid = 1
+virtual_mailbox_limit = 0
+message_size_limit = 0
+alias_maps =
+alias_database =
+biff = no
+smtputf8_enable = no
+EOF
+	postfix_master 25 # each cell writes its own
+	if LD_LIBRARY_PATH=$pf/usr/lib/postfix "$pf/usr/sbin/postfix" -c "$PFX/conf" check >>"$T/server.log" 2>&1; then
+		have_postfix=true
+	else
+		note "Postfix could not be set up (postfix check failed): left out"
+	fi
+fi
+
 # ---------------------------------------------------------------- helpers
 median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 now() { echo "$EPOCHREALTIME"; }
@@ -218,6 +297,19 @@ run_cell() {
 	md=$T/cell/Maildir
 	fresh_maildir "$md"
 	port=$(free_port)
+	if [ "$name" = postfix ]; then
+		md=$PFX/mail/Maildir
+		rm -rf "$md"
+		postfix_master "$port"
+		(
+			cd / && LD_LIBRARY_PATH=$pf/usr/lib/postfix MAIL_CONFIG=$PFX/conf \
+				"$pf/usr/sbin/postfix" -c "$PFX/conf" start-fg 3>&- >>"$T/server.log" 2>&1 || true
+			times >"$T/cpu"
+		) &
+		tpid=$!
+		server_pids=("$tpid")
+		x_wait_listen "$port" || die "postfix: nothing listening on port $port"
+	else
 	# The subshell's `times` gives the CPU time of its reaped children (in ms): tcpserver's, and
 	# through it that of every session, since tcpserver reaps them.
 	# shellcheck disable=SC2046
@@ -228,9 +320,10 @@ run_cell() {
 	tpid=$!
 	server_pids=("$tpid")
 	x_wait_listen "$port" || die "nothing listening on port $port"
+	fi
 	tcp=$(children_of "$tpid")
 	tcp=${tcp%% *}
-	[ -n "$tcp" ] || die "cannot find tcpserver's PID"
+	[ -n "$tcp" ] || die "cannot find the server's PID"
 	server_pids=("$tcp" "$tpid")
 
 	local src=(-M "$HOSTNAME_ARG" -f "sender@$HOSTNAME_ARG" -t "rcpt@$HOSTNAME_ARG" -l "$size")
@@ -250,14 +343,28 @@ run_cell() {
 		for w in "${client_pids[@]}"; do wait "$w" || fail=1; done
 		client_pids=()
 	fi
+	# Postfix answers 250 once the message is safe in its queue: the time that counts is
+	# when the last one is in new/
+	if [ "$name" = postfix ]; then
+		for _ in $(seq 12000); do
+			[ "$(find "$md/new" -type f 2>/dev/null | wc -l)" -ge "$n" ] && break
+			sleep 0.01
+		done
+	fi
 	t1=$(now)
 	[ "$fail" -eq 0 ] || die "$name: smtp-source failed (see above)"
 	# the sessions' CPU time counts once tcpserver has reaped them
 	for _ in $(seq 500); do
+		[ "$name" != postfix ] || break
 		[ -z "$(children_of "$tcp")" ] && break
 		sleep 0.01
 	done
-	kill "$tcp"
+	if [ "$name" = postfix ]; then # postfix stop waits until master and its children are gone
+		LD_LIBRARY_PATH=$pf/usr/lib/postfix "$pf/usr/sbin/postfix" -c "$PFX/conf" stop >>"$T/server.log" 2>&1 ||
+			kill "$tcp"
+	else
+		kill "$tcp"
+	fi
 	wait "$tpid" || true
 	server_pids=()
 	check_delivered "$name" "$md" "$n"
@@ -296,7 +403,11 @@ $have_static && progs+=(smtpd-static)
 progs+=(floor)
 $have_static && progs+=(floor-static)
 
-note "throughput: ${#CELLS[@]} cells x ${#progs[@]} programs x $RUNS runs"
+# the throughput table has Postfix too
+tprogs=("${progs[@]}")
+$have_postfix && tprogs+=(postfix)
+
+note "throughput: ${#CELLS[@]} cells x ${#tprogs[@]} programs x $RUNS runs"
 echo "### Throughput: smtp-source over loopback, tcpserver, one process per session"
 echo
 echo "Median of $RUNS runs, the programs in alternation; every message counted in new/."
@@ -305,22 +416,23 @@ echo "user+system time of the server side (tcpserver and the sessions it reaped)
 echo "Load: 1 message per session is \`smtp-source -s C -m N\`; 10 per session is C parallel"
 echo "loops of \`smtp-source -s 1 -m 10 -d\`. smtp-source does not pipeline: it waits for each reply."
 echo "smtpd/floor compares each build with the floor linked the same way (dynamic glibc; static)."
+! $have_postfix || echo "Postfix: Debian's package unpacked, virtual(8) into a Maildir; its time ends when the last message is in new/."
 echo
 printf '| concurrency | msgs/session | size | messages |'
-for p in "${progs[@]}"; do printf ' %s msg/s |' "$p"; done
+for p in "${tprogs[@]}"; do printf ' %s msg/s |' "$p"; done
 printf ' smtpd/floor |'
 $have_static && printf ' smtpd-static/floor-static | smtpd-static/floor |'
-for p in "${progs[@]}"; do printf ' %s CPU ms/msg |' "$p"; done
+for p in "${tprogs[@]}"; do printf ' %s CPU ms/msg |' "$p"; done
 printf '\n| ---: | ---: | ---: | ---: |'
-for p in "${progs[@]}" x "${progs[@]}"; do printf ' ---: |'; done
+for p in "${tprogs[@]}" x "${tprogs[@]}"; do printf ' ---: |'; done
 $have_static && printf ' ---: | ---: |'
 echo
 declare -A rate cpu_ms
 for cell in "${CELLS[@]}"; do
 	read -r c k size n <<<"$cell"
-	for p in "${progs[@]}"; do : >"$T/r.$p"; done
+	for p in "${tprogs[@]}"; do : >"$T/r.$p"; done
 	for ((r = 1; r <= RUNS; r++)); do
-		for prog in "${progs[@]}"; do
+		for prog in "${tprogs[@]}"; do
 			run_cell "$prog" "$c" "$k" "$size" "$n" >"$T/res"
 			res=$(cat "$T/res")
 			note "c=$c k=$k size=$size n=$n run $r $prog: $res (msg/s, CPU ms/msg)"
@@ -328,7 +440,7 @@ for cell in "${CELLS[@]}"; do
 		done
 	done
 	printf '| %s | %s | %s | %s |' "$c" "$k" "$(human "$size")" "$n"
-	for p in "${progs[@]}"; do
+	for p in "${tprogs[@]}"; do
 		rate[$p]=$(awk '{print $1}' "$T/r.$p" | median)
 		cpu_ms[$p]=$(awk '{print $2}' "$T/r.$p" | median)
 		printf ' %s |' "$(fmt "${rate[$p]}" 1)"
@@ -338,9 +450,9 @@ for cell in "${CELLS[@]}"; do
 		printf ' %s | %s |' "$(ratio "${rate[smtpd-static]}" "${rate[floor-static]}")" \
 			"$(ratio "${rate[smtpd-static]}" "${rate[floor]}")"
 		# the issue's cell: 20 sessions at once, 2 KiB, kept for the summary
-		[ "$c $size" = "20 2048" ] && for p in "${progs[@]}"; do echo "$k ${rate[$p]}" >>"$T/sum.$p"; done
+		[ "$c" = 20 ] && for p in "${tprogs[@]}"; do echo "$k $size ${rate[$p]}" >>"$T/sum.$p"; done
 	fi
-	for p in "${progs[@]}"; do printf ' %s |' "$(fmt "${cpu_ms[$p]}" 3)"; done
+	for p in "${tprogs[@]}"; do printf ' %s |' "$(fmt "${cpu_ms[$p]}" 3)"; done
 	echo
 done
 echo
@@ -543,14 +655,15 @@ echo
 # ---------------------------------------------------------------- summary
 # The issue's table: 20 sessions at once, 2 KiB; msg/s as a multiple of each floor.
 if $have_static; then
-	echo "### Summary: c = 20, 2 KiB messages, msg/s as a multiple of the dynamic floor (static floor)"
+	echo "### Summary: c = 20, msg/s as a multiple of the dynamic floor (of the static floor)"
 	echo
-	echo "| cell | smtpd (glibc, dynamic) | smtpd-static | floor-static |"
-	echo "| --- | ---: | ---: | ---: |"
-	for k in 1 10; do
-		get() { awk -v k="$k" '$1 == k {print $2}' "$T/sum.$1"; }
+	echo "| cell | smtpd (glibc, dynamic) | smtpd-static | floor-static | Postfix |"
+	echo "| --- | ---: | ---: | ---: | ---: |"
+	for cell in "1 2048" "10 2048" "1 1048576"; do
+		read -r k size <<<"$cell"
+		get() { if [ -f "$T/sum.$1" ]; then awk -v k="$k" -v s="$size" '$1 == k && $2 == s {print $3}' "$T/sum.$1"; else echo 0; fi; }
 		f=$(get floor) fs=$(get floor-static)
-		echo "| $k msg/session | $(ratio "$(get smtpd)" "$f") | $(ratio "$(get smtpd-static)" "$f") ($(ratio "$(get smtpd-static)" "$fs")) | $(ratio "$fs" "$f") |"
+		echo "| $k msg/session, $(human "$size") | $(ratio "$(get smtpd)" "$f") | $(ratio "$(get smtpd-static)" "$f") ($(ratio "$(get smtpd-static)" "$fs")) | $(ratio "$fs" "$f") | $(ratio "$(get postfix)" "$f") |"
 	done
 	echo
 	echo "| program | instructions, 1-message session | each further message | system calls to the greeting | minor page faults |"
