@@ -248,10 +248,12 @@ now() { echo "$EPOCHREALTIME"; }
 fmt() { awk -v v="$1" -v d="$2" 'BEGIN {printf "%.*f", d, v}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}'; }
 
+# Below the ephemeral range: a port that smtp-source's own connections hold cannot be bound.
+ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 30000))
+		p=$((10000 + RANDOM % (ephemeral_low - 10000)))
 		[ -z "$(ss -Hltn "sport = :$p")" ] && { echo "$p"; return; }
 	done
 }
