@@ -30,7 +30,16 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q >/dev/null || exit 1
 if [ -n "$missing" ]; then
+	# Nothing installed here may start or enable a service (xinetd, HAProxy, Dovecot): a
+	# policy-rc.d that refuses every action, removed afterwards only if it is ours.
+	policy=/usr/sbin/policy-rc.d ours=false
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && ours=true
+	fi
 	# shellcheck disable=SC2086
-	apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 $missing >/dev/null || exit 1
+	apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 $missing >/dev/null
+	status=$?
+	! $ours || rm -f "$policy"
+	[ "$status" -eq 0 ] || exit 1
 fi
 fetch_inetd || { echo "could not fetch and unpack openbsd-inetd" >&2; exit 1; }
