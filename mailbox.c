@@ -234,8 +234,9 @@ static int md_walk(int at, const char *path, uid_t *owners, size_t *links)
  * it; every other component is the kernel's to resolve, as it is for anyone. */
 static int md_open_dir(const char *path)
 {
+	/* openat, not open: musl's open() adds an fcntl(FD_CLOEXEC) call to every session. */
 	if (!md_as_root)
-		return open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		return openat(AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	uid_t owners[MD_LINKS_MAX];
 	size_t links = 0;
 	struct stat st;
@@ -317,6 +318,30 @@ static void md_close_catch(void)
 	md_catch.path[0] = '\0';
 }
 
+/* The usual case costs two calls per session: tmp/ and new/ are there, and opening them
+ * without following a link (O_NOFOLLOW | O_DIRECTORY) is the check md_is_maildir makes; as
+ * root their owners are checked too. Anything else takes the long way below. */
+static int md_open_catch_subs(int dfd)
+{
+	struct stat st;
+
+	md_catch.tmp_fd = openat(dfd, "tmp", MD_DIR_FLAGS);
+	md_catch.new_fd = openat(dfd, "new", MD_DIR_FLAGS);
+	bool ok = md_catch.tmp_fd >= 0 && md_catch.new_fd >= 0;
+	for (size_t i = 0; ok && md_as_root && i < 2; i++)
+		ok = fstat(i ? md_catch.new_fd : md_catch.tmp_fd, &st) == 0 &&
+		     st.st_uid == md_catch.st.st_uid;
+	if (ok)
+		return 0;
+	int *fds[] = { &md_catch.tmp_fd, &md_catch.new_fd };
+	for (size_t i = 0; i < 2; i++) {
+		if (*fds[i] >= 0)
+			close(*fds[i]);
+		*fds[i] = -1;
+	}
+	return -1;
+}
+
 /* cur/ new/ tmp/ are made only when tmp/ or new/ is missing; both are opened without
  * following a link. */
 static int md_fill_catch(int dfd)
@@ -325,6 +350,8 @@ static int md_fill_catch(int dfd)
 
 	if (fstat(dfd, &md_catch.st) != 0)
 		return -1;
+	if (md_open_catch_subs(dfd) == 0)
+		return 0;
 	int is = md_is_maildir(dfd, &md_catch.st);
 	if (is < 0)
 		return -1;

@@ -1790,8 +1790,10 @@ static void dispatch(struct session *s, char *line)
 		arg++;
 	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
 		const struct command *c = &commands[i];
-		if (strlen(c->name) != verb_len || strncasecmp(line, c->name, verb_len) != 0 ||
-		    !(c->modes & mode))
+		/* The first letter, either case, rules out most rows before any call (| 0x20 may
+		 * let a non-letter through: strncasecmp still decides). */
+		if ((line[0] | 0x20) != (c->name[0] | 0x20) || strlen(c->name) != verb_len ||
+		    strncasecmp(line, c->name, verb_len) != 0 || !(c->modes & mode))
 			continue;
 		if (c->arg == ARG_NONE && *arg != '\0')
 			reply(s, RPL_NO_ARGS);

@@ -2,11 +2,20 @@
 #ifndef SMTP_H
 #define SMTP_H
 
+/* On 32-bit boards (ARM, MIPS) glibc's off_t and time_t are 32 bits unless asked: a message
+ * past 2 GiB, a 64-bit inode number (stat fails with EOVERFLOW) and any date past January 2038
+ * would break. Every .c file includes this header before any system header. */
+#define _FILE_OFFSET_BITS 64
+#define _TIME_BITS        64
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/types.h>
+
+_Static_assert(sizeof(off_t) == 8, "off_t must be 64 bits: see _FILE_OFFSET_BITS above");
+_Static_assert(sizeof(time_t) == 8, "time_t must be 64 bits: see _TIME_BITS above");
 
 #define SMTPD_VERSION "1.0.0"
 

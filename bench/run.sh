@@ -163,16 +163,97 @@ if $have_static; then # built the way the Makefile builds smtpd-static
 	fi || die "static bench/floor.c"
 fi
 
+# Postfix as a peer, from the same unpacked package: its own config, queue and data
+# directories under $T, listening on 127.0.0.1, delivering every recipient into one Maildir
+# with virtual(8). Nothing is installed, no user is made: mail_owner is Debian's "mail", the
+# Maildir belongs to "nobody". Needs root; PEER=0 leaves it out.
+# master.cf for one cell: smtpd on 127.0.0.1:PORT, the services virtual delivery needs
+postfix_master() {
+	cat >"$PFX/conf/master.cf" <<EOF
+127.0.0.1:$1 inet n - n - - smtpd
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+smtp unix - - n - - smtp
+relay unix - - n - - smtp
+showq unix n - n - - showq
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+local unix - n n - - local
+virtual unix - n n - - virtual
+lmtp unix - - n - - lmtp
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+EOF
+	rm -f "$PFX/queue/pid/master.pid"
+}
+
+have_postfix=false
+if [ "${PEER:-1}" = 1 ] && [ "$(id -u)" = 0 ] && [ -x "$pf/usr/lib/postfix/sbin/master" ] &&
+	getent passwd mail >/dev/null && getent group news >/dev/null && getent passwd nobody >/dev/null; then
+	PFX=$T/postfix
+	mkdir -p "$PFX/conf" "$PFX/queue" "$PFX/data" "$PFX/mail"
+	chmod 711 "$T"
+	chown mail "$PFX/data"
+	chown nobody "$PFX/mail"
+	cat >"$PFX/conf/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $PFX/queue
+data_directory = $PFX/data
+daemon_directory = $pf/usr/lib/postfix/sbin
+command_directory = $pf/usr/sbin
+shlib_directory = $pf/usr/lib/postfix
+meta_directory = $pf/etc/postfix
+import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C LD_LIBRARY_PATH=$pf/usr/lib/postfix
+mail_owner = mail
+setgid_group = news
+maillog_file = /dev/stdout
+myhostname = $HOSTNAME_ARG
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+virtual_mailbox_domains = $HOSTNAME_ARG
+virtual_mailbox_base = $PFX/mail
+virtual_mailbox_maps = static:Maildir/
+virtual_uid_maps = static:$(id -u nobody)
+virtual_gid_maps = static:$(id -g nobody)
+virtual_minimum_uid = 1
+virtual_mailbox_limit = 0
+message_size_limit = 0
+alias_maps =
+alias_database =
+biff = no
+smtputf8_enable = no
+EOF
+	postfix_master 25 # each cell writes its own
+	if LD_LIBRARY_PATH=$pf/usr/lib/postfix "$pf/usr/sbin/postfix" -c "$PFX/conf" check >>"$T/server.log" 2>&1; then
+		have_postfix=true
+	else
+		note "Postfix could not be set up (postfix check failed): left out"
+	fi
+fi
+
 # ---------------------------------------------------------------- helpers
 median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 now() { echo "$EPOCHREALTIME"; }
 fmt() { awk -v v="$1" -v d="$2" 'BEGIN {printf "%.*f", d, v}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}'; }
 
+# Below the ephemeral range: a port that smtp-source's own connections hold cannot be bound.
+ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 30000))
+		p=$((10000 + RANDOM % (ephemeral_low - 10000)))
 		[ -z "$(ss -Hltn "sport = :$p")" ] && { echo "$p"; return; }
 	done
 }
@@ -218,6 +299,19 @@ run_cell() {
 	md=$T/cell/Maildir
 	fresh_maildir "$md"
 	port=$(free_port)
+	if [ "$name" = postfix ]; then
+		md=$PFX/mail/Maildir
+		rm -rf "$md"
+		postfix_master "$port"
+		(
+			cd / && LD_LIBRARY_PATH=$pf/usr/lib/postfix MAIL_CONFIG=$PFX/conf \
+				"$pf/usr/sbin/postfix" -c "$PFX/conf" start-fg 3>&- >>"$T/server.log" 2>&1 || true
+			times >"$T/cpu"
+		) &
+		tpid=$!
+		server_pids=("$tpid")
+		x_wait_listen "$port" || die "postfix: nothing listening on port $port"
+	else
 	# The subshell's `times` gives the CPU time of its reaped children (in ms): tcpserver's, and
 	# through it that of every session, since tcpserver reaps them.
 	# shellcheck disable=SC2046
@@ -228,9 +322,10 @@ run_cell() {
 	tpid=$!
 	server_pids=("$tpid")
 	x_wait_listen "$port" || die "nothing listening on port $port"
+	fi
 	tcp=$(children_of "$tpid")
 	tcp=${tcp%% *}
-	[ -n "$tcp" ] || die "cannot find tcpserver's PID"
+	[ -n "$tcp" ] || die "cannot find the server's PID"
 	server_pids=("$tcp" "$tpid")
 
 	local src=(-M "$HOSTNAME_ARG" -f "sender@$HOSTNAME_ARG" -t "rcpt@$HOSTNAME_ARG" -l "$size")
@@ -250,14 +345,28 @@ run_cell() {
 		for w in "${client_pids[@]}"; do wait "$w" || fail=1; done
 		client_pids=()
 	fi
+	# Postfix answers 250 once the message is safe in its queue: the time that counts is
+	# when the last one is in new/
+	if [ "$name" = postfix ]; then
+		for _ in $(seq 12000); do
+			[ "$(find "$md/new" -type f 2>/dev/null | wc -l)" -ge "$n" ] && break
+			sleep 0.01
+		done
+	fi
 	t1=$(now)
 	[ "$fail" -eq 0 ] || die "$name: smtp-source failed (see above)"
 	# the sessions' CPU time counts once tcpserver has reaped them
 	for _ in $(seq 500); do
+		[ "$name" != postfix ] || break
 		[ -z "$(children_of "$tcp")" ] && break
 		sleep 0.01
 	done
-	kill "$tcp"
+	if [ "$name" = postfix ]; then # postfix stop waits until master and its children are gone
+		LD_LIBRARY_PATH=$pf/usr/lib/postfix "$pf/usr/sbin/postfix" -c "$PFX/conf" stop >>"$T/server.log" 2>&1 ||
+			kill "$tcp"
+	else
+		kill "$tcp"
+	fi
 	wait "$tpid" || true
 	server_pids=()
 	check_delivered "$name" "$md" "$n"
@@ -290,34 +399,63 @@ echo
 avail_kib=$(df -Pk "$T" | awk 'NR == 2 {print $4}')
 [ "$avail_kib" -gt $((600 * 1024)) ] || die "less than 600 MiB free under $T"
 
-note "throughput: ${#CELLS[@]} cells x 2 programs x $RUNS runs"
+# the programs, each build next to its own floor: the same floor.c linked the same way
+progs=(smtpd)
+$have_static && progs+=(smtpd-static)
+progs+=(floor)
+$have_static && progs+=(floor-static)
+
+# the throughput table has Postfix too
+tprogs=("${progs[@]}")
+$have_postfix && tprogs+=(postfix)
+
+note "throughput: ${#CELLS[@]} cells x ${#tprogs[@]} programs x $RUNS runs"
 echo "### Throughput: smtp-source over loopback, tcpserver, one process per session"
 echo
-echo "Median of $RUNS runs, smtpd and floor in alternation; every message counted in new/."
+echo "Median of $RUNS runs, the programs in alternation; every message counted in new/."
 echo "\`tcpserver -R -H -l0 -c 40\` on 127.0.0.1 starts one server per connection. CPU is the"
 echo "user+system time of the server side (tcpserver and the sessions it reaped) per message."
 echo "Load: 1 message per session is \`smtp-source -s C -m N\`; 10 per session is C parallel"
 echo "loops of \`smtp-source -s 1 -m 10 -d\`. smtp-source does not pipeline: it waits for each reply."
+echo "smtpd/floor compares each build with the floor linked the same way (dynamic glibc; static)."
+! $have_postfix || echo "Postfix: Debian's package unpacked, virtual(8) into a Maildir; its time ends when the last message is in new/."
 echo
-echo "| concurrency | msgs/session | size | messages | smtpd msg/s | floor msg/s | smtpd/floor | smtpd CPU ms/msg | floor CPU ms/msg | smtpd/floor |"
-echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+printf '| concurrency | msgs/session | size | messages |'
+for p in "${tprogs[@]}"; do printf ' %s msg/s |' "$p"; done
+printf ' smtpd/floor |'
+$have_static && printf ' smtpd-static/floor-static | smtpd-static/floor |'
+for p in "${tprogs[@]}"; do printf ' %s CPU ms/msg |' "$p"; done
+printf '\n| ---: | ---: | ---: | ---: |'
+for p in "${tprogs[@]}" x "${tprogs[@]}"; do printf ' ---: |'; done
+$have_static && printf ' ---: | ---: |'
+echo
+declare -A rate cpu_ms
 for cell in "${CELLS[@]}"; do
 	read -r c k size n <<<"$cell"
-	: >"$T/r.smtpd"
-	: >"$T/r.floor"
+	for p in "${tprogs[@]}"; do : >"$T/r.$p"; done
 	for ((r = 1; r <= RUNS; r++)); do
-		for prog in smtpd floor; do
+		for prog in "${tprogs[@]}"; do
 			run_cell "$prog" "$c" "$k" "$size" "$n" >"$T/res"
 			res=$(cat "$T/res")
 			note "c=$c k=$k size=$size n=$n run $r $prog: $res (msg/s, CPU ms/msg)"
 			echo "$res" >>"$T/r.$prog"
 		done
 	done
-	sr=$(awk '{print $1}' "$T/r.smtpd" | median)
-	fr=$(awk '{print $1}' "$T/r.floor" | median)
-	sc=$(awk '{print $2}' "$T/r.smtpd" | median)
-	fc=$(awk '{print $2}' "$T/r.floor" | median)
-	echo "| $c | $k | $(human "$size") | $n | $(fmt "$sr" 1) | $(fmt "$fr" 1) | $(ratio "$sr" "$fr") | $(fmt "$sc" 3) | $(fmt "$fc" 3) | $(ratio "$sc" "$fc") |"
+	printf '| %s | %s | %s | %s |' "$c" "$k" "$(human "$size")" "$n"
+	for p in "${tprogs[@]}"; do
+		rate[$p]=$(awk '{print $1}' "$T/r.$p" | median)
+		cpu_ms[$p]=$(awk '{print $2}' "$T/r.$p" | median)
+		printf ' %s |' "$(fmt "${rate[$p]}" 1)"
+	done
+	printf ' %s |' "$(ratio "${rate[smtpd]}" "${rate[floor]}")"
+	if $have_static; then
+		printf ' %s | %s |' "$(ratio "${rate[smtpd-static]}" "${rate[floor-static]}")" \
+			"$(ratio "${rate[smtpd-static]}" "${rate[floor]}")"
+		# the issue's cell: 20 sessions at once, 2 KiB, kept for the summary
+		[ "$c" = 20 ] && for p in "${tprogs[@]}"; do echo "$k $size ${rate[$p]}" >>"$T/sum.$p"; done
+	fi
+	for p in "${tprogs[@]}"; do printf ' %s |' "$(fmt "${cpu_ms[$p]}" 3)"; done
+	echo
 done
 echo
 
@@ -332,10 +470,6 @@ table_head() {
 }
 
 # ---------------------------------------------------------------- instructions
-progs=(smtpd)
-$have_static && progs+=(smtpd-static)
-progs+=(floor)
-$have_static && progs+=(floor-static)
 
 transcript 0 0 >"$T/none.txt"
 transcript 1 2048 >"$T/one.txt"
@@ -487,6 +621,61 @@ printf '| **total** |'
 for p in "${progs[@]}"; do printf ' **%s** |' "$(awk '$2 == "total" {print $1}' "$T/calls.$p")"; done
 echo
 echo
+
+# ---------------------------------------------------------------- start-up
+# From exec to the greeting: the system calls strace sees up to the one that writes "220 ",
+# and the minor page faults (getrusage) of a session whose client closes at once, which does
+# little more after the greeting than exit.
+note "start-up: system calls and page faults to the greeting"
+declare -A sys_greet faults
+for p in "${progs[@]}"; do
+	md=$T/su/Maildir
+	fresh_maildir "$md"
+	# shellcheck disable=SC2046
+	strace -o "$T/su.$p" $(prog_cmd "$p" "$md") </dev/null >/dev/null 2>>"$T/server.log" || true
+	sys_greet[$p]=$(awk '{n++} /^(write|sendto)\([0-9]+, "220 / {print n; exit}' "$T/su.$p")
+	for ((r = 0; r < 20; r++)); do
+		# shellcheck disable=SC2046
+		/usr/bin/time -f %R -o "$T/pf" $(prog_cmd "$p" "$md") </dev/null >/dev/null 2>>"$T/server.log" || true
+		tail -n 1 "$T/pf"
+	done | median >"$T/pf.med"
+	faults[$p]=$(cat "$T/pf.med")
+done
+echo "### Start-up: from exec to the greeting"
+echo
+echo "System calls: strace, from execve to the write of \"220 \" (both counted). Minor page faults:"
+echo "median of 20 sessions that end at the greeting (stdin /dev/null), /usr/bin/time -f %R."
+echo "Instructions: the session without a message, from the table above."
+echo
+echo "| program | system calls to the greeting | minor page faults | instructions |"
+echo "| --- | ---: | ---: | ---: |"
+for p in "${progs[@]}"; do
+	echo "| $p | ${sys_greet[$p]} | ${faults[$p]} | ${none_ir[$p]} |"
+done
+echo
+
+# ---------------------------------------------------------------- summary
+# The issue's table: 20 sessions at once, 2 KiB; msg/s as a multiple of each floor.
+if $have_static; then
+	echo "### Summary: c = 20, msg/s as a multiple of the dynamic floor (of the static floor)"
+	echo
+	echo "| cell | smtpd (glibc, dynamic) | smtpd-static | floor-static | Postfix |"
+	echo "| --- | ---: | ---: | ---: | ---: |"
+	for cell in "1 2048" "10 2048" "1 1048576"; do
+		read -r k size <<<"$cell"
+		get() { if [ -f "$T/sum.$1" ]; then awk -v k="$k" -v s="$size" '$1 == k && $2 == s {print $3}' "$T/sum.$1"; else echo 0; fi; }
+		f=$(get floor) fs=$(get floor-static)
+		echo "| $k msg/session, $(human "$size") | $(ratio "$(get smtpd)" "$f") | $(ratio "$(get smtpd-static)" "$f") ($(ratio "$(get smtpd-static)" "$fs")) | $(ratio "$fs" "$f") | $(ratio "$(get postfix)" "$f") |"
+	done
+	echo
+	echo "| program | instructions, 1-message session | each further message | system calls to the greeting | minor page faults |"
+	echo "| --- | ---: | ---: | ---: | ---: |"
+	for p in "${progs[@]}"; do
+		each=$(awk -v a="${one_ir[$p]}" -v b="${ten_ir[$p]}" 'BEGIN {printf "%d", (b - a) / 9}')
+		echo "| $p | ${one_ir[$p]} | $each | ${sys_greet[$p]} | ${faults[$p]} |"
+	done
+	echo
+fi
 
 # ---------------------------------------------------------------- sizes
 echo "### Binary sizes"

@@ -9,13 +9,34 @@
 set -u
 packages="bats swaks libio-socket-ssl-perl xinetd ucspi-tcp-ipv6 socat haproxy dovecot-imapd curl python3 strace
 time valgrind mandoc faketime clang-format iproute2 util-linux systemd clang libclang-rt-14-dev musl-tools
-netcat-openbsd openssl bsdutils debootstrap systemd-container"
+netcat-openbsd openssl bsdutils debootstrap systemd-container
+qemu-user-static gcc-arm-linux-gnueabihf libc6-dev-armhf-cross gcc-mips-linux-gnu libc6-dev-mips-cross
+libbsd0 libevent-2.1-7 libtirpc3 libwrap0"
 policy=/usr/sbin/policy-rc.d
+
+# openbsd-inetd conflicts with xinetd as a package, and installing it would start it: it is
+# unpacked into tests/.cache instead, for tests/inetd.bats (its libraries are in the list).
+inetd_cache="$(dirname "$0")/.cache/openbsd-inetd"
+fetch_inetd() {
+	[ -x "$inetd_cache/usr/sbin/inetd" ] && return 0
+	mkdir -p "$inetd_cache" && (cd "$inetd_cache/.." && rm -f openbsd-inetd_*.deb &&
+		{ apt-get download -q openbsd-inetd >/dev/null 2>&1 ||
+			{ apt-get update -q >/dev/null && apt-get download -q openbsd-inetd >/dev/null; }; } &&
+		dpkg -x openbsd-inetd_*.deb openbsd-inetd && rm -f openbsd-inetd_*.deb) ||
+		{ echo "deps.sh: could not fetch and unpack openbsd-inetd" >&2; return 1; }
+}
+
 missing=""
 for p in $packages; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
 done
-[ -z "$missing" ] && exit 0
+if [ -z "$missing" ]; then
+	[ "${1:-}" = --check-only ] && [ ! -x "$inetd_cache/usr/sbin/inetd" ] &&
+		{ echo "tests need: openbsd-inetd, unpacked by sh tests/deps.sh" >&2; exit 1; }
+	[ "${1:-}" = --check-only ] && exit 0
+	fetch_inetd
+	exit $?
+fi
 if [ "${1:-}" = --check-only ]; then
 	echo "tests need:$missing" >&2
 	echo "install them as root with: sh tests/deps.sh (it starts and enables no service)" >&2
@@ -83,4 +104,5 @@ for l in $(comm -13 "$before" "$after"); do
 	esac
 done
 [ "$status" = 0 ] && echo "deps.sh: installed$missing (no service started or enabled)" >&2
+[ "$status" = 0 ] && fetch_inetd || status=1
 exit "$status"
