@@ -15,13 +15,7 @@ setup() {
 }
 
 teardown() {
-	local p kids
-	if [ -f "$T/xinetd.pid.own" ]; then
-		p=$(cat "$T/xinetd.pid.own")
-		kids=$(pgrep -P "$p" 2>/dev/null || true)
-		l_stop_pid "$p"
-		for p in $kids; do l_stop_pid "$p"; done
-	fi
+	l_stop_tree "$T/xinetd.pid.own"
 	rm -rf "$T"
 }
 

@@ -35,13 +35,7 @@ setup() {
 }
 
 teardown() {
-	local p kids
-	if [ -f "$T/inetd.pid" ]; then
-		p=$(cat "$T/inetd.pid")
-		kids=$(pgrep -P "$p" 2>/dev/null || true)
-		l_stop_pid "$p"
-		for p in $kids; do l_stop_pid "$p"; done
-	fi
+	l_stop_tree "$T/inetd.pid"
 	rm -rf "$T"
 }
 

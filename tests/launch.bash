@@ -19,6 +19,16 @@ l_stop_pid() {
 	wait "$p" 2>/dev/null || true
 }
 
+# stop the launcher whose PID is in FILE (if it was started) and the sessions it forked
+l_stop_tree() {
+	local p kids
+	[ -f "$1" ] || return 0
+	p=$(cat "$1")
+	kids=$(pgrep -P "$p" 2>/dev/null || true)
+	l_stop_pid "$p"
+	for p in $kids; do l_stop_pid "$p"; done
+}
+
 # messages in a Maildir's new/
 l_count() { find "$1/new" -type f | wc -l; }
 
