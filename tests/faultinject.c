@@ -65,7 +65,7 @@ static void trace(const char *fn)
 		return;
 	if (real_write(fd, fn, strlen(fn)) < 0 || real_write(fd, "\n", 1) < 0)
 		(void)0;
-	close(fd);
+	((int (*)(int))dlsym(RTLD_NEXT, "close"))(fd); /* not ours: that would trace itself */
 }
 
 /* True when this call is the one chosen to fail. */
@@ -237,4 +237,15 @@ int close(int fd)
 int clock_gettime(clockid_t clock, struct timespec *ts)
 {
 	return should_fail("clock_gettime") ? -1 : REAL(clock_gettime)(clock, ts);
+}
+
+/* With _FILE_OFFSET_BITS=64 glibc's headers call these names instead. */
+int fstat64(int fd, struct stat64 *st)
+{
+	return fd > 2 && should_fail("fstat") ? -1 : REAL(fstat64)(fd, st);
+}
+
+int fstatat64(int dir, const char *path, struct stat64 *st, int flags)
+{
+	return should_fail("fstatat") ? -1 : REAL(fstatat64)(dir, path, st, flags);
 }

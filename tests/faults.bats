@@ -138,8 +138,9 @@ check_invariants() {
 	[ "$failed_txn" -ge 10 ]
 }
 
-# wide_input: an LMTP session to 18 Maildirs (b to s of w.example): past the 16 Maildirs that
-# keep a descriptor, so that the rest are opened again by their path at commit.
+# wide_input: an LMTP session to 18 Maildirs (b to s of w.example, s through a symbolic link):
+# past the 16 Maildirs that keep a descriptor, so that the rest are opened again by their path
+# at commit.
 WIDE_BOXES="b c d e f g h i j k l m n o p q r s"
 wide_input() {
 	local u
@@ -154,6 +155,9 @@ fresh_wide() {
 	mkdir "$T/catch"
 	for u in $WIDE_BOXES; do mkdir -p "$T/root/w.example/$u/"{cur,new,tmp}; done
 	[ "$(id -u)" -ne 0 ] || chown -R 2002:2002 "$T/root/w.example/c"
+	# s is reached through a symbolic link, as an alias is
+	mv "$T/root/w.example/s" "$T/root/s.real"
+	ln -s "$T/root/s.real" "$T/root/w.example/s"
 }
 
 # In LMTP each recipient stands alone: a file in new/ for every 250 and for nothing else.
@@ -185,7 +189,8 @@ check_wide() {
 			walk_input > "$T/in"
 			set -- -m "$T/catch/Maildir"
 		fi
-		for fn in openat fstat fstatat fsync linkat renameat mkdir mkdirat fchown pread unlinkat write; do
+		for fn in openat fstat fstatat fsync linkat renameat mkdir mkdirat fchown pread unlinkat \
+			readlinkat write close clock_gettime; do
 			fresh_wide
 			rm -f "$T/trace"
 			FAULT_CALL=$fn FAULT_NTH=0 FAULT_TRACE=$T/trace LD_PRELOAD=$SHIM \
