@@ -1724,7 +1724,7 @@ static void h_starttls(struct session *s, char *arg)
 	s->fd[1] = s->cfg->tls_wr;
 	s->fd_not_socket[0] = s->fd_not_socket[1] = false;
 	if (!tls_handshake(s)) {
-		end_session(s, EXIT_DROPPED, ms_left(s) == 0 ? "tls timeout" : "tls failed");
+		end_session(s, EXIT_DROPPED, ms_left(s) == 0 ? "tls-timeout" : "tls-failed");
 		return;
 	}
 	s->last_input_ms = now_ms();

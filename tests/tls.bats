@@ -285,7 +285,7 @@ r.send(b"EHLO client.example\r\n")
 expect(r.rest(), b"")
 '
 	t_status "exit=1 tls=ok"
-	grep -qE "^smtpd\\[$SPID\\]: session .* end=tls failed " "$T/launcher.log"
+	grep -qE "^smtpd\\[$SPID\\]: session .* end=tls-failed " "$T/launcher.log"
 }
 
 @test "injection: what is pipelined after STARTTLS is never answered, inside or outside TLS" {
@@ -357,7 +357,7 @@ assert b"250" not in rest and b"354" not in rest, rest
 '
 	t_status "exit=1 tls=failed"
 	l_eq "$(l_count "$T/Maildir")" 0 "messages"
-	grep -qE "^smtpd\\[$SPID\\]: session .* end=tls failed .* tls=- tls_cipher=-\$" "$T/launcher.log"
+	grep -qE "^smtpd\\[$SPID\\]: session .* end=tls-failed .* tls=- tls_cipher=-\$" "$T/launcher.log"
 }
 
 @test "a client that never starts the handshake is cut at -t" {
@@ -368,7 +368,7 @@ r = Raw(); r.reply()
 r.send(b"EHLO client.example\r\nSTARTTLS\r\n"); r.reply()
 expect(r.reply(), ["220 2.0.0 Ready to start TLS"])
 for _ in range(100):
-    if "end=tls timeout" in open(os.environ["T"] + "/launcher.log").read():
+    if "end=tls-timeout" in open(os.environ["T"] + "/launcher.log").read():
         break
     time.sleep(0.05)
 else:
