@@ -408,6 +408,9 @@ int md_check_store(const char *tmpl, char *path, size_t size)
 	struct md_shape sh = md_scan(tmpl);
 	struct stat st;
 
+	/* Before any transaction: the catch-all opened here is kept for the session, so root's
+	 * checks (links, owners) must already apply to it. */
+	md_as_root = geteuid() == 0;
 	char expanded[MD_PATH_MAX];
 	bool catch_all = !sh.has_u && !sh.has_d;
 

@@ -359,3 +359,120 @@ nothing_left() {
 	[ "$status" -eq 67 ]
 	echo "$output" | grep -q 'tmp-wrong-owner'
 }
+
+# ---- paths and templates: every way a recipient's Maildir can be missing or strange ----
+
+# rcpt_reply SMTPD-ARGS...: the reply to one RCPT TO:<$ADDR> (default b@y)
+rcpt_reply() {
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<%s>\r\nQUIT\r\n' "${ADDR:-b@y}" |
+		"$SMTPD" -h test.example "$@" > "$T/out" 2> "$T/err" || true
+	sed -n 4p "$T/out" | tr -d '\r'
+}
+
+@test "RCPT: a Maildir that cannot be opened gets the errno's reply: EMFILE 452 4.5.3, ENOSPC 452 4.3.1, EIO 451 4.3.0" {
+	mkdir -p "$T/y/b/"{cur,new,tmp}
+	local e want
+	for e in EMFILE:'452 4.5.3' ENOSPC:'452 4.3.1' EDQUOT:'452 4.3.1' EIO:'451 4.3.0'; do
+		want=${e#*:}
+		# the first openat of the RCPT's walk: the template's root
+		FAULT_CALL=openat FAULT_NTH=1 FAULT_ERRNO=${e%%:*} LD_PRELOAD=$SHIM rcpt_reply -m "$T/%d/%u" > "$T/reply"
+		grep -q "^$want " "$T/reply" || { echo "${e%%:*}: $(cat "$T/reply")"; return 1; }
+	done
+}
+
+@test "paths: a symbolic link loop is 451 4.3.0 (ELOOP); a link whose target passes 1024 octets is 550 5.1.1" {
+	mkdir -p "$T/y"
+	ln -s "$T/y/loop2" "$T/y/loop1"
+	ln -s "$T/y/loop1" "$T/y/loop2"
+	ADDR=loop1@y run rcpt_reply -m "$T/%d/%u"
+	[[ "$output" == "451 4.3.0 "* ]]
+	grep -q 'errno=ELOOP' "$T/err"
+	ln -s "$T/$(printf 'x%.0s' $(seq 1100))" "$T/y/long"
+	ADDR=long@y run rcpt_reply -m "$T/%d/%u"
+	[[ "$output" == "550 5.1.1 "* ]]
+}
+
+@test "paths: a domain that is a file is 550 5.7.1; // in a template is one /; %u and %d in one name is 550 5.1.1 when missing" {
+	printf 'not a directory\n' > "$T/y"
+	run rcpt_reply -m "$T/%d/%u"
+	[[ "$output" == "550 5.7.1 "* ]]
+	rm "$T/y" && mkdir -p "$T/y/b/"{cur,new,tmp}
+	run rcpt_reply -m "$T//%d//%u"
+	[[ "$output" == "250 2.1.5 "* ]]
+	run rcpt_reply -m "$T/%u@%d"
+	[[ "$output" == "550 5.1.1 "* ]]
+	mkdir -p "$T/b@y/"{cur,new,tmp}
+	run rcpt_reply -m "$T/%u@%d"
+	[[ "$output" == "250 2.1.5 "* ]]
+}
+
+@test "templates: %% is a percent sign, an unknown %x stands for itself, a template may start with %" {
+	mkdir -p "$T/p%c/y/b/"{cur,new,tmp} "$T/a%xb/y/b/"{cur,new,tmp} "$T/w/y/b/"{cur,new,tmp}
+	run rcpt_reply -m "$T/p%%c/%d/%u"
+	[[ "$output" == "250 2.1.5 "* ]]
+	run rcpt_reply -m "$T/a%xb/%d/%u"
+	[[ "$output" == "250 2.1.5 "* ]]
+	cd "$T/w"
+	run rcpt_reply -m "%d/%u"
+	[[ "$output" == "250 2.1.5 "* ]]
+	run rcpt_reply -m "Maildir"
+	[[ "$output" == "250 2.1.5 "* ]]
+	[ -d "$T/w/Maildir/new" ]
+}
+
+@test "names: a local part with DEL, or a quoted one with /, is 550 5.1.3 whatever the template" {
+	mkdir -p "$T/y"
+	ADDR=$'b\x7fc@y' run rcpt_reply -m "$T/%d/%u"
+	[[ "$output" == 5* ]]
+	ADDR='"b/c"@y' run rcpt_reply -m "$T/%d/%u"
+	[[ "$output" == "550 5.1.3 "* ]]
+	[ -z "$(ls -A "$T/y")" ]
+}
+
+@test "root: a catch-all whose tmp/ belongs to another user than the Maildir is no store: 421 4.3.0, exit 75" {
+	need_root
+	mkdir -p "$T/c/Maildir/"{cur,new,tmp}
+	chown 2001:2001 "$T/c/Maildir" "$T/c/Maildir/new" "$T/c/Maildir/cur"
+	chown 2002:2002 "$T/c/Maildir/tmp"
+	run rcpt_reply -m "$T/c/Maildir"
+	grep -q '^421 4.3.0 .*Mail store unavailable' "$T/out"
+	grep -q 'unavailable path=' "$T/err"
+	[ -z "$(find "$T/c" -type f)" ]
+}
+
+@test "as an ordinary user: two Maildirs of that user share one file by a hard link, and it stays theirs" {
+	need_root
+	user_maildir alice 2001
+	user_maildir bob 2001
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<alice@h>\r\nRCPT TO:<bob@h>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n' > "$T/in"
+	as_uid 2001 "$SMTPD" -h test.example -m "$T/home/%u/Maildir" < "$T/in" > "$T/out" 2> "$T/err"
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	local a b
+	a=$(ls "$T"/home/alice/Maildir/new/*)
+	b=$(ls "$T"/home/bob/Maildir/new/*)
+	[ "$(stat -c '%u %h %i' "$a")" = "$(stat -c '%u %h %i' "$b")" ]
+	[ "$(stat -c '%u %h' "$a")" = '2001 2' ]
+}
+
+@test "the probe on a catch-all that is not there yet says it will be made, and makes nothing" {
+	mkdir "$T/c"
+	run "$SMTPD" -b -h test.example -m "$T/c/Maildir" b@y
+	[ "$status" -eq 0 ]
+	[ ! -e "$T/c/Maildir" ]
+	mkdir "$T/c/Maildir"
+	run "$SMTPD" -b -h test.example -m "$T/c/Maildir" b@y
+	[ "$status" -eq 0 ]
+	[ -z "$(ls -A "$T/c/Maildir")" ]
+}
+
+@test "root: a catch-all reached through mallory's link to bob's Maildir is no store: 421 4.3.0, nothing in bob's" {
+	need_root
+	user_maildir bob 2002
+	mkdir -p "$T/m"
+	chown 2003:2003 "$T/m"
+	as_uid 2003 ln -s "$T/home/bob/Maildir" "$T/m/Maildir"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n' |
+		"$SMTPD" -h test.example -m "$T/m/Maildir" > "$T/out" 2> "$T/err" || true
+	grep -q '^421 4.3.0 .*Mail store unavailable' "$T/out"
+	[ -z "$(find "$T/home/bob/Maildir" -type f)" ]
+}
