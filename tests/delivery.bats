@@ -322,15 +322,15 @@ nothing_left() {
 	[ "$(find "$T"/w/u{1..17}/new -type f | wc -l)" -eq 17 ]
 }
 
-@test "root: a host name with / and : is written \\057 and \\072 in the file name (Maildir's rule)" {
+@test "root: a host name with / : \\ and a space is written \\057 \\072 \\134 \\040 in the file name (Maildir's rule)" {
 	need_root
 	command -v unshare >/dev/null || skip "unshare is not installed"
 	unshare -u true 2>/dev/null || skip "UTS namespaces are not allowed here"
 	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n' > "$T/in"
-	unshare -u sh -c 'printf "mx/1:2" > /proc/sys/kernel/hostname && exec "$1" -h test.example -m "$2" < "$3" > "$4"' sh \
+	unshare -u sh -c 'printf "mx/1:2\\\\3 4" > /proc/sys/kernel/hostname && exec "$1" -h test.example -m "$2" < "$3" > "$4"' sh \
 		"$SMTPD" "$T/Maildir" "$T/in" "$T/out"
 	grep -q '^250 2.0.0 .* delivered' "$T/out"
-	ls "$T/Maildir/new" | grep -qE '^[0-9]+\.M[0-9]+P[0-9]+Q1\.mx\\0571\\0722,S=[0-9]+$'
+	ls "$T/Maildir/new" | grep -qE '^[0-9]+\.M[0-9]+P[0-9]+Q1\.mx\\0571\\0722\\1343\\0404,S=[0-9]+$'
 }
 
 @test "an address whose Maildir path would pass 1024 octets is refused 550 5.1.3, nothing made" {
