@@ -283,6 +283,28 @@ nothing_left() {
 	done
 }
 
+@test "every close failing in turn (EIO, as on NFS): a 250 only with both files, else 451 and nothing left" {
+	need_root
+	two_boxes owners
+	FAULT_CALL=close FAULT_NTH=0 FAULT_TRACE=$T/trace faulted
+	local n count failed=0
+	count=$(wc -l < "$T/trace")
+	for n in $(seq 1 "$count"); do
+		rm -rf "$T/y" && two_boxes owners
+		FAULT_CALL=close FAULT_NTH=$n FAULT_ERRNO=EIO faulted || true
+		if grep -q '^250 2.0.0 .* delivered' "$T/out"; then
+			[ -n "$(ls "$T/y/b/new")" ] && [ -n "$(ls "$T/y/c/new")" ] ||
+				{ echo "close $n: 250 without both"; return 1; }
+		else
+			grep -q '^451 4.3.0 ' "$T/out" || { echo "close $n:"; cat "$T/out"; return 1; }
+			nothing_left || { echo "close $n left a file"; return 1; }
+			failed=$((failed + 1))
+		fi
+	done
+	echo "# $count closes, $failed of them failed the message" >&3
+	[ "$failed" -ge 2 ]
+}
+
 @test "no clock (clock_gettime fails at DATA): 451 4.3.0, nothing made, the session goes on" {
 	two_boxes
 	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nNOOP\r\nQUIT\r\n' > "$T/in"
@@ -369,10 +391,11 @@ rcpt_reply() {
 	sed -n 4p "$T/out" | tr -d '\r'
 }
 
-@test "RCPT: a Maildir that cannot be opened gets the errno's reply: EMFILE 452 4.5.3, ENOSPC 452 4.3.1, EIO 451 4.3.0" {
+@test "RCPT: a Maildir that cannot be opened gets the errno's reply: EMFILE/ENFILE 452 4.5.3, ENOSPC/EDQUOT/EFBIG 452 4.3.1, EIO 451 4.3.0" {
 	mkdir -p "$T/y/b/"{cur,new,tmp}
 	local e want
-	for e in EMFILE:'452 4.5.3' ENOSPC:'452 4.3.1' EDQUOT:'452 4.3.1' EIO:'451 4.3.0'; do
+	for e in EMFILE:'452 4.5.3' ENFILE:'452 4.5.3' ENOSPC:'452 4.3.1' EDQUOT:'452 4.3.1' \
+		EFBIG:'452 4.3.1' EIO:'451 4.3.0'; do
 		want=${e#*:}
 		# the first openat of the RCPT's walk: the template's root
 		FAULT_CALL=openat FAULT_NTH=1 FAULT_ERRNO=${e%%:*} LD_PRELOAD=$SHIM rcpt_reply -m "$T/%d/%u" > "$T/reply"

@@ -7,7 +7,8 @@
  *   FAULT_ERRNO=ENOSPC,EIO a list fails as many calls in a row: the 3rd with ENOSPC, the 4th
  *                         with EIO
  *   FAULT_ERRNO=ENOSPC    ENOSPC EDQUOT EIO EACCES EROFS EXDEV EMFILE EFBIG EPERM ENOTSUP
- *                         EMLINK ENOENT EINTR (default EIO); EINTR on close still closes;
+ *                         EMLINK ENOENT EINTR ENFILE (default EIO); a failed close still
+ *                         closes;
  *                         EEXIST for mkdir makes the directory first, as a concurrent
  *                         session winning the race would
  *   FAULT_TRACE=file      append one line per counted call: "<function>"
@@ -30,7 +31,7 @@ static const struct {
 	{"ENOSPC", ENOSPC}, {"EDQUOT", EDQUOT}, {"EIO", EIO},       {"EACCES", EACCES},
 	{"EROFS", EROFS},   {"EXDEV", EXDEV},   {"EMFILE", EMFILE}, {"EFBIG", EFBIG},
 	{"EEXIST", EEXIST}, {"EPERM", EPERM},   {"ENOTSUP", ENOTSUP}, {"EMLINK", EMLINK},
-	{"ENOENT", ENOENT}, {"EINTR", EINTR},
+	{"ENOENT", ENOENT}, {"EINTR", EINTR},   {"ENFILE", ENFILE},
 };
 
 /* The errno for the call that is FAULT_NTH + skip, or 0 when the list is shorter. */
