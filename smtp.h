@@ -41,6 +41,9 @@ enum {
 	TLS_NAME_MAX = 64,     /* what we keep of SSL_PROTOCOL or SSL_CIPHER */
 };
 
+/* The launcher's details after STARTTLS are read into the read buffer, with a NUL after. */
+_Static_assert(TLS_INFO_MAX < IN_BUF_SIZE, "TLS_INFO_MAX must fit the read buffer");
+
 #define DEFAULT_MAX_SIZE        26214400ULL
 #define DEFAULT_MAX_RCPT        100
 #define DEFAULT_IDLE_TIMEOUT    300

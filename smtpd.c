@@ -230,7 +230,8 @@ static void find_tls(struct config *cfg)
 }
 
 /* A store that is not there is the admin's to fix, not the client's: nothing is created in
- * its place, the client is told to come back later, and the log says which path. */
+ * its place, the client is told to come back later, and the log says which path. The probe
+ * (-b) prints the same reply as a line of its own output. */
 static void check_store(const struct config *cfg)
 {
 	char path[MD_PATH_MAX];
@@ -238,20 +239,21 @@ static void check_store(const struct config *cfg)
 	if (md_check_store(cfg->mail_template, path, sizeof path) == 0)
 		return;
 	int e = errno;
+	char reply[LINE_MAX_OCTETS];
+	struct text r = text_on(reply, sizeof reply);
+	text_add(&r, "421 4.3.0 ");
+	text_add(&r, cfg->hostname);
+	text_add(&r, " Mail store unavailable, try again later");
 	char line[LOG_LINE_MAX];
 	struct text t = text_on(line, sizeof line);
 	text_add(&t, "unavailable path=");
 	log_add_value(&t, path);
 	text_add(&t, " errno=");
 	log_add_errno(&t, e);
-	log_add_reply(&t, "421 4.3.0");
+	log_add_reply(&t, reply);
 	log_text(L_ERR, line);
-	char reply[LINE_MAX_OCTETS];
-	t = text_on(reply, sizeof reply);
-	text_add(&t, "421 4.3.0 ");
-	text_add(&t, cfg->hostname);
-	text_add(&t, " Mail store unavailable, try again later\r\n");
-	(void)!write(1, reply, t.len);
+	text_add(&r, cfg->probe ? "\n" : "\r\n");
+	(void)!write(1, reply, r.len);
 	exit(EXIT_TEMPFAIL);
 }
 

@@ -485,7 +485,7 @@ count_file_calls() {
 	find "$T" | sort > "$T/before"
 	run_smtpd "HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<\"../x\"@y.example>\r\nRCPT TO:<\"a/b\"@y.example>\r\nRCPT TO:<\".hidden\"@y.example>\r\nRCPT TO:<\"..\"@y.example>\r\nRCPT TO:<\".\"@y.example>\r\nRCPT TO:<u@..>\r\nRCPT TO:<\"\"@y.example>\r\nRCPT TO:<\"a\\\\\x01b\"@y.example>\r\nRCPT TO:<+tag@y.example>\r\nRCPT TO:<\"../../outside\"@y.example>\r\nQUIT\r\n" -m "$T/root/%d/%u"
 	[ "$(grep -c '^550 5.1.3 Bad recipient name' "$T/out")" -eq 8 ]
-	! grep -q '^250 2.1.5' "$T/out"
+	! grep -q '^250 2.1.5' "$T/out" || false
 	rm -f "$T/in" "$T/out" "$T/err"
 	find "$T" | grep -v -e "^$T/in$" -e "^$T/out$" -e "^$T/err$" | sort > "$T/after"
 	diff <(grep -v -e '/before$' -e '/after$' "$T/before") <(grep -v -e '/before$' -e '/after$' "$T/after")
