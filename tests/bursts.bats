@@ -59,7 +59,7 @@ print(greeted)
 "
 }
 
-@test "xinetd: 200 quick connects to the shipped file, then a normal client is greeted at once" {
+@test "xinetd: 200 quick connects to the shipped file, then a normal client is greeted, not refused" {
 	local port
 	b_xinetd_start
 	grep -q '^\s*cps\s*=' "$T/xinetd.conf"
@@ -89,7 +89,9 @@ except OSError as e:
     greeting = repr(e)
 took = time.monotonic() - t0
 print('200 connects in %.3f s, %d refused; then %r after %.3f s' % (burst, refused, greeting, took))
-sys.exit(0 if refused == 0 and greeting.startswith('220 ') and took < 1 else 1)
+# No refusal and a greeting: xinetd's rate limit would refuse it for 10 s. The bound on the
+# wait only keeps a test bounded; the 50 burst sessions ending first may take a second.
+sys.exit(0 if refused == 0 and greeting.startswith('220 ') and took < 5 else 1)
 "
 	echo "# $output" >&3
 	[ "$status" -eq 0 ]
