@@ -396,131 +396,22 @@ static bool fill_in(struct session *s)
 	return true;
 }
 
-/* ---- the PROXY protocol header (HAProxy's proxy-protocol.txt, v1 and v2) ---- */
-
-static const unsigned char proxy_v2_sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
-						0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
-enum { PROXY_V1_MAX = 107, PROXY_V2_HEAD = 16 };
-
-static void set_proxy_addr(struct session *s, int family, const void *addr)
-{
-	char text[INET6_ADDRSTRLEN];
-	const unsigned char *a = addr;
-	static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-
-	if (family == AF_INET6 && memcmp(a, mapped, sizeof mapped) == 0) {
-		family = AF_INET;
-		a += sizeof mapped;
-	}
-	if (inet_ntop(family, a, text, sizeof text) != NULL)
-		text_copy(s->cfg->client_addr, sizeof s->cfg->client_addr, text);
-}
-
-/* One v1 port: 1 to 5 digits, at most 65535. */
-static bool proxy_port_ok(const char *p)
-{
-	size_t len = strlen(p);
-	return len >= 1 && len <= 5 && strspn(p, "0123456789") == len && atol(p) <= 65535;
-}
-
-/* Splits at single spaces, as the specification writes them; an empty field is an error. */
-static size_t split_fields(char *line, char **field, size_t max)
-{
-	size_t n = 0;
-
-	for (char *p = line;; p++) {
-		if (n == max)
-			return max + 1;
-		field[n++] = p;
-		p = strchr(p, ' ');
-		if (p == NULL)
-			return n;
-		*p = '\0';
-		if (p == field[n - 1])
-			return max + 1;
-	}
-}
-
-/* "PROXY TCP4 src dst sport dport", "PROXY TCP6 ...", or "PROXY UNKNOWN ...". */
-static bool proxy_v1(struct session *s, char *line)
-{
-	char *field[6];
-	unsigned char addr[16], dst[16];
-
-	if (strncmp(line, "PROXY UNKNOWN", 13) == 0 && (line[13] == '\0' || line[13] == ' '))
-		return true;
-	if (split_fields(line, field, 6) != 6 || strcmp(field[0], "PROXY") != 0)
-		return false;
-	int family = strcmp(field[1], "TCP4") == 0   ? AF_INET
-		     : strcmp(field[1], "TCP6") == 0 ? AF_INET6
-						     : -1;
-	if (family < 0 || inet_pton(family, field[2], addr) != 1 ||
-	    inet_pton(family, field[3], dst) != 1 || !proxy_port_ok(field[4]) ||
-	    !proxy_port_ok(field[5]))
-		return false;
-	set_proxy_addr(s, family, addr);
-	return true;
-}
-
-static bool proxy_v2(struct session *s, const unsigned char *h, size_t body_len)
-{
-	unsigned version = h[12] >> 4, command = h[12] & 0x0f, family = h[13];
-
-	if (version != 2 || command > 1)
-		return false;
-	if (command == 0) /* LOCAL: a health check from the proxy itself */
-		return true;
-	switch (family) {
-	case 0x00: return true; /* UNSPEC: keep the socket's address */
-	case 0x31: return true; /* UNIX stream */
-	case 0x11:
-		if (body_len < 12)
-			return false;
-		set_proxy_addr(s, AF_INET, h + PROXY_V2_HEAD);
-		return true;
-	case 0x21:
-		if (body_len < 36)
-			return false;
-		set_proxy_addr(s, AF_INET6, h + PROXY_V2_HEAD);
-		return true;
-	default: return false;
-	}
-}
-
 /* Reads exactly one PROXY header before the greeting; whatever follows it stays buffered. */
 static bool read_proxy_header(struct session *s)
 {
+	char addr[ADDR_TEXT_MAX];
+
 	for (;;) {
-		size_t have = s->in_end - s->in_start;
-		unsigned char *h = s->in + s->in_start;
-		size_t cmp = have < sizeof proxy_v2_sig ? have : sizeof proxy_v2_sig;
-		if (memcmp(h, proxy_v2_sig, cmp) == 0) {
-			if (have >= PROXY_V2_HEAD) {
-				size_t body = (size_t)h[14] << 8 | h[15];
-				if (body > sizeof s->in - PROXY_V2_HEAD)
-					return false;
-				if (have >= PROXY_V2_HEAD + body) {
-					s->in_start += PROXY_V2_HEAD + body;
-					return proxy_v2(s, h, body);
-				}
-			}
-		} else {
-			size_t prefix = have < 6 ? have : 6;
-			if (memcmp(h, "PROXY ", prefix) != 0)
-				return false;
-			unsigned char *lf = memchr(h, '\n', have);
-			if (lf != NULL) {
-				size_t len = (size_t)(lf - h) + 1;
-				char line[PROXY_V1_MAX + 1];
-				if (len > PROXY_V1_MAX || len < 2 || lf[-1] != '\r')
-					return false;
-				memcpy(line, h, len - 2);
-				line[len - 2] = '\0';
-				s->in_start += len;
-				return strlen(line) == len - 2 && proxy_v1(s, line);
-			}
-			if (have >= PROXY_V1_MAX)
-				return false;
+		size_t used = 0;
+		enum proxy_result r = proxy_parse(s->in + s->in_start, s->in_end - s->in_start,
+						  sizeof s->in, &used, addr, sizeof addr);
+		if (r == PROXY_BAD)
+			return false;
+		if (r == PROXY_OK) {
+			s->in_start += used;
+			if (addr[0] != '\0')
+				text_copy(s->cfg->client_addr, sizeof s->cfg->client_addr, addr);
+			return true;
 		}
 		if (!fill_in(s))
 			return false;
@@ -999,6 +890,25 @@ static void log_failure(struct session *s, const struct rcpt *rc, enum reply_id 
 	log_text(L_WARN, line);
 }
 
+/* A message the client stopped sending: the session line alone would not show it. */
+static void log_incomplete(struct session *s)
+{
+	char line[LOG_LINE_MAX];
+	struct text t = text_on(line, sizeof line);
+
+	text_add(&t, "incomplete id=");
+	text_add(&t, s->md.id[0] ? s->md.id : "-");
+	text_add(&t, " from=<");
+	log_add_value(&t, s->sender);
+	text_add(&t, "> recipients=");
+	text_add_num(&t, s->rcpt_count, 0);
+	text_add(&t, " octets=");
+	text_add_num(&t, s->msg_size, 0);
+	text_add(&t, " end=");
+	text_add(&t, s->end_reason ? s->end_reason : "-");
+	log_text(L_WARN, line);
+}
+
 /* A message refused as a whole before delivery: too big, a loop, or the spool failed. */
 static void log_rejected(struct session *s)
 {
@@ -1473,6 +1383,23 @@ static const char *raw_path(const char *path, char *buf, size_t size)
 	return buf;
 }
 
+/* -d: the domains this host receives for, whatever the template would take. <postmaster>
+ * without a domain is every host's (RFC 5321 4.5.1) and is never refused here. */
+static bool domain_local(const struct config *cfg, enum path_result pr, const char *domain)
+{
+	size_t len = strlen(domain);
+
+	if (cfg->domains == NULL || pr == PATH_POSTMASTER)
+		return true;
+	for (const char *p = cfg->domains; *p != '\0'; p += *p == ',') {
+		size_t item = strcspn(p, ",");
+		if (item == len && strncasecmp(p, domain, len) == 0)
+			return true;
+		p += item;
+	}
+	return false;
+}
+
 static void h_rcpt(struct session *s, char *arg)
 {
 	struct address a;
@@ -1498,6 +1425,10 @@ static void h_rcpt(struct session *s, char *arg)
 	}
 	if (s->rcpt_count >= s->cfg->max_rcpt) {
 		refuse_rcpt(s, a.text, RPL_TOO_MANY_RCPT, false);
+		return;
+	}
+	if (!domain_local(s->cfg, pr, a.domain)) {
+		refuse_rcpt(s, a.text, RPL_NO_DOMAIN, false);
 		return;
 	}
 	const char *domain = pr == PATH_POSTMASTER ? s->cfg->hostname : a.domain;
@@ -1717,7 +1648,6 @@ static void h_starttls(struct session *s, char *arg)
 	/* What the client sent after STARTTLS came in clear text: it is not the client's word
 	 * under TLS, and is dropped unread (the command injection of CVE-2011-0411). */
 	s->in_start = s->in_end = 0;
-	forget_session(s);
 	/* fds 0 and 1 belong to the launcher from now on, even if the handshake fails. */
 	s->tls_on = true;
 	s->fd[0] = s->cfg->tls_rd;
@@ -1725,8 +1655,9 @@ static void h_starttls(struct session *s, char *arg)
 	s->fd_not_socket[0] = s->fd_not_socket[1] = false;
 	if (!tls_handshake(s)) {
 		end_session(s, EXIT_DROPPED, ms_left(s) == 0 ? "tls-timeout" : "tls-failed");
-		return;
+		return; /* the log keeps the HELO name the client gave in clear text */
 	}
+	forget_session(s);
 	s->last_input_ms = now_ms();
 }
 
@@ -1934,6 +1865,8 @@ int smtp_session(struct config *cfg)
 		if (!step(s) && !s->done)
 			fill_in(s);
 	flush_out(s);
+	if (s->input == IN_DATA || s->input == IN_BDAT || s->state == ST_BDAT)
+		log_incomplete(s);
 	log_session(s);
 	md_txn_free(&s->md);
 	free(s->rcpts);
@@ -1968,6 +1901,8 @@ static bool probe_one(struct config *cfg, struct md_txn *txn, const char *addr)
 	enum path_result pr = t.cut ? PATH_BAD : parse_path(path_text, &a, &rest);
 	if (pr == PATH_BAD || pr == PATH_BAD_UTF8 || pr == PATH_NULL || *rest != '\0')
 		id = pr == PATH_BAD_UTF8 ? RPL_BAD_UTF8 : RPL_BAD_RCPT;
+	else if (!domain_local(cfg, pr, a.domain))
+		id = RPL_NO_DOMAIN;
 	const char *domain = pr == PATH_POSTMASTER ? cfg->hostname : a.domain;
 	enum md_result r =
 		id != RPL_NONE ? MD_OK : md_add(txn, cfg->mail_template, a.local, domain, &box);

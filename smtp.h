@@ -39,6 +39,7 @@ enum {
 	MSG_ID_MAX = 64,       /* message id, and the file name base without host */
 	TLS_INFO_MAX = 16384,  /* the launcher's "VAR=value\0...\0\0" after STARTTLS */
 	TLS_NAME_MAX = 64,     /* what we keep of SSL_PROTOCOL or SSL_CIPHER */
+	MILTER_MAX = 4,        /* -M given more often is a usage error */
 };
 
 /* The launcher's details after STARTTLS are read into the read buffer, with a NUL after. */
@@ -59,19 +60,27 @@ enum {
 	EXIT_PROBE_FAILED = 67, /* -b: some address would not be delivered (EX_NOUSER) */
 };
 
+/* -F: what a milter that cannot be reached, times out or breaks the protocol means. */
+enum milter_fallback { MILTER_TEMPFAIL, MILTER_ACCEPT, MILTER_REJECT };
+
 struct config {
 	const char *hostname;            /* -h: greeting, Received:, postmaster's %d */
 	const char *mail_template;       /* -m */
-	uint64_t max_size;               /* -s */
-	size_t max_rcpt;                 /* -r */
-	unsigned idle_timeout;           /* -t, seconds */
-	unsigned session_timeout;        /* -T, seconds */
-	bool lmtp;                       /* -L */
-	bool proxy;                      /* -p */
-	bool probe;                      /* -b: the operands are addresses to look up */
-	char client_addr[ADDR_TEXT_MAX]; /* "" when unknown (a pipe) */
-	bool tls;                        /* a UCSPI-TLS launcher: STARTTLS is offered */
-	int tls_ctl, tls_rd, tls_wr;     /* then SSLCTLFD, SSLREADFD, SSLWRITEFD */
+	const char *domains;             /* -d: "a.example,b.example", checked; NULL: no list */
+	bool detail_folders;             /* -e: user+detail@ into the folder .detail/ */
+	const char *milters[MILTER_MAX]; /* -M: "unix:/path" or "inet:host:port", checked */
+	size_t milter_count;
+	enum milter_fallback milter_fallback; /* -F */
+	uint64_t max_size;                    /* -s */
+	size_t max_rcpt;                      /* -r */
+	unsigned idle_timeout;                /* -t, seconds */
+	unsigned session_timeout;             /* -T, seconds */
+	bool lmtp;                            /* -L */
+	bool proxy;                           /* -p */
+	bool probe;                           /* -b: the operands are addresses to look up */
+	char client_addr[ADDR_TEXT_MAX];      /* "" when unknown (a pipe) */
+	bool tls;                             /* a UCSPI-TLS launcher: STARTTLS is offered */
+	int tls_ctl, tls_rd, tls_wr;          /* then SSLCTLFD, SSLREADFD, SSLWRITEFD */
 };
 
 /* Text appended piece by piece into a fixed array, as qmail's fmt_* do: the per-message path
@@ -127,6 +136,13 @@ static inline bool text_copy(char *dst, size_t size, const char *src)
 	text_add(&t, src);
 	return !t.cut;
 }
+
+/* proxy.c: the PROXY protocol header (v1 and v2) at the start of buf. PROXY_OK sets *used to
+ * its length and addr to the client's address ("" for LOCAL, UNKNOWN, UNSPEC and UNIX, which
+ * keep the socket's); PROXY_MORE asks for more input, never past cap octets in all. */
+enum proxy_result { PROXY_MORE, PROXY_OK, PROXY_BAD };
+enum proxy_result proxy_parse(const unsigned char *buf, size_t have, size_t cap, size_t *used,
+			      char *addr, size_t addr_size);
 
 /* session.c: runs one whole session on fds 0 and 1; returns the exit status. */
 int smtp_session(struct config *cfg);

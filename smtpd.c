@@ -13,13 +13,32 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 static const char usage_text[] =
-	"usage: smtpd [-Lp] [-h hostname] [-m template] [-r max_rcpt] "
-	"[-s max_bytes] [-t seconds] [-T seconds] | smtpd -b [-h hostname] "
-	"[-m template] address ... | smtpd -V";
+	"usage: smtpd [-Lpe] [-h hostname] [-m template] [-d domain,...] [-r max_rcpt] "
+	"[-s max_bytes] [-t seconds] [-T seconds] [-M milter]... [-F tempfail|accept|reject] "
+	"| smtpd -b [options] address ... | smtpd -V";
+
+/* --help: the usage line, then a line per option; the reference is smtpd(8). */
+static const char help_text[] =
+	"  -h NAME      host name in the greeting and Received: (default: gethostname)\n"
+	"  -m TEMPLATE  where mail goes: %u local part, %d domain (default: $HOME/Maildir)\n"
+	"  -d DOMAINS   the domains to receive for, comma-separated; others get 550 5.7.1\n"
+	"  -e           user+detail@ into the folder .detail/ of the Maildir when it exists\n"
+	"  -s BYTES     largest message (default 26214400)\n"
+	"  -r N         most recipients per message, 1 to 1000 (default 100)\n"
+	"  -t SECONDS   inactivity limit (default 300)\n"
+	"  -T SECONDS   whole-session limit (default 1800)\n"
+	"  -L           speak LMTP\n"
+	"  -p           expect a PROXY protocol header first\n"
+	"  -M MILTER    a milter, unix:/path or inet:host:port; up to 4, in order\n"
+	"  -F ACTION    a milter that fails means tempfail (default), accept or reject\n"
+	"  -b           probe: where each address would go; nothing is delivered\n"
+	"  -V           print the version\n"
+	"See smtpd(8).\n";
 
 static char default_template[MD_PATH_MAX];
 static char host_buf[HELO_MAX + 1];
@@ -41,6 +60,8 @@ static _Noreturn void die_usage(const char *what, const char *detail)
  * usage line. value is NULL for an option given without one. */
 static _Noreturn void die_option(int opt, const char *value, const char *what)
 {
+	if (value != NULL && *value == '\0')
+		value = "''";
 	fprintf(stderr, "smtpd: -%c%s%s: %s\n%s\n", opt, value ? " " : "", value ? value : "", what,
 		usage_text);
 	exit(EXIT_USAGE);
@@ -89,6 +110,58 @@ static const char *checked_hostname(const char *name)
 	return name;
 }
 
+/* -d: a comma-separated list of domain names, each as RCPT would take it. */
+static const char *checked_domains(const char *list)
+{
+	const char *p = list;
+
+	for (;;) {
+		size_t len = strcspn(p, ",");
+		if (len == 0 || len > DOMAIN_MAX)
+			die_option('d', list,
+				   "a comma-separated list of domains, none empty or "
+				   "longer than 255 octets");
+		for (size_t i = 0; i < len; i++)
+			if ((unsigned char)p[i] <= ' ' || p[i] == 0x7f || p[i] == '/' ||
+			    p[i] == '@')
+				die_option('d', list, "blank, control byte, / or @ in a domain");
+		if (p[len] == '\0')
+			return list;
+		p += len + 1;
+	}
+}
+
+/* -M: "unix:/absolute/path" or "inet:host:port" ("inet:[::1]:port" for IPv6 as well). */
+static const char *checked_milter(const char *spec)
+{
+	static const char what[] = "unix:/path or inet:host:port, port 1 to 65535";
+	size_t sun_path_max = sizeof((struct sockaddr_un *)0)->sun_path;
+
+	if (strncmp(spec, "unix:", 5) == 0) {
+		if (spec[5] != '/' || strlen(spec + 5) >= sun_path_max)
+			die_option('M', spec, "unix: needs an absolute path of at most 107 octets");
+		return spec;
+	}
+	const char *colon = strrchr(spec, ':');
+	if (strncmp(spec, "inet:", 5) != 0 || colon == spec + 4 || colon == spec + 5 ||
+	    strlen(colon + 1) > 5 || strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
+	    colon[1] == '\0' || atoi(colon + 1) < 1 || atoi(colon + 1) > 65535)
+		die_option('M', spec, what);
+	return spec;
+}
+
+static enum milter_fallback checked_fallback(const char *word)
+{
+	static const char *const words[] = { [MILTER_TEMPFAIL] = "tempfail",
+					     [MILTER_ACCEPT] = "accept",
+					     [MILTER_REJECT] = "reject" };
+
+	for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+		if (strcmp(word, words[i]) == 0)
+			return (enum milter_fallback)i;
+	die_option('F', word, "tempfail, accept or reject");
+}
+
 static const char *default_hostname(void)
 {
 	if (gethostname(host_buf, sizeof host_buf - 1) != 0 || host_buf[0] == '\0')
@@ -122,14 +195,26 @@ static int parse_options(int argc, char **argv, struct config *cfg)
 {
 	int opt;
 
+	if (argc > 1 && strcmp(argv[1], "--help") == 0) {
+		printf("%s\n%s", usage_text, help_text);
+		exit(EXIT_QUIT);
+	}
 	opterr = 0;
-	while ((opt = getopt(argc, argv, ":bLph:m:r:s:t:T:V")) != -1) {
+	while ((opt = getopt(argc, argv, ":bLpeh:m:d:r:s:t:T:M:F:V")) != -1) {
 		switch (opt) {
 		case 'b': cfg->probe = true; break;
 		case 'L': cfg->lmtp = true; break;
 		case 'p': cfg->proxy = true; break;
+		case 'e': cfg->detail_folders = true; break;
 		case 'h': cfg->hostname = checked_hostname(optarg); break;
 		case 'm': cfg->mail_template = optarg; break;
+		case 'd': cfg->domains = checked_domains(optarg); break;
+		case 'M':
+			if (cfg->milter_count == MILTER_MAX)
+				die_option('M', optarg, "at most 4 milters");
+			cfg->milters[cfg->milter_count++] = checked_milter(optarg);
+			break;
+		case 'F': cfg->milter_fallback = checked_fallback(optarg); break;
 		case 'r': cfg->max_rcpt = parse_number(opt, optarg, 1, RCPT_LIMIT_MAX); break;
 		case 's': cfg->max_size = parse_number(opt, optarg, 1, UINT64_MAX / 2); break;
 		case 't':
@@ -257,6 +342,23 @@ static void check_store(const struct config *cfg)
 	exit(EXIT_TEMPFAIL);
 }
 
+/* Under a launcher the working directory is the launcher's (xinetd's is /), so a relative -m
+ * that works in a pipe points elsewhere there: said once, before the store is looked at. */
+static void warn_relative_template(const struct config *cfg)
+{
+	struct stat st;
+	char cwd[MD_PATH_MAX], line[LOG_LINE_MAX];
+	struct text t = text_on(line, sizeof line);
+
+	if (cfg->mail_template[0] == '/' || fstat(0, &st) != 0 || !S_ISSOCK(st.st_mode))
+		return;
+	text_add(&t, "relative-template template=");
+	log_add_value(&t, cfg->mail_template);
+	text_add(&t, " cwd=");
+	log_add_value(&t, getcwd(cwd, sizeof cwd) ? cwd : "?");
+	log_text(L_WARN, line);
+}
+
 int main(int argc, char **argv)
 {
 	struct config cfg = {
@@ -283,6 +385,7 @@ int main(int argc, char **argv)
 	}
 	find_client_addr(&cfg);
 	find_tls(&cfg);
+	warn_relative_template(&cfg);
 	check_store(&cfg);
 	return smtp_session(&cfg);
 }

@@ -116,3 +116,52 @@ as_user() {
 	x_eq "$XS" 67 "exit status"
 	x_eq "$(cat "$T/out")" "mixed@x.example: 451 4.3.0 Local error in delivery: $V/x.example/mixed: tmp-wrong-owner" "output"
 }
+
+@test "options: -d, -M and -F values are checked before any SMTP" {
+	opt_error "-d ''" "smtpd: -d '': a comma-separated list of domains, none empty or longer than 255 octets"
+	opt_error "-d a.example,,b.example" "smtpd: -d a.example,,b.example: a comma-separated list of domains, none empty or longer than 255 octets"
+	opt_error "-d 'a example'" "smtpd: -d a example: blank, control byte, / or @ in a domain"
+	opt_error "-d u@a.example" "smtpd: -d u@a.example: blank, control byte, / or @ in a domain"
+	opt_error "-M milter.sock" "smtpd: -M milter.sock: unix:/path or inet:host:port, port 1 to 65535"
+	opt_error "-M unix:rel/path" "smtpd: -M unix:rel/path: unix: needs an absolute path of at most 107 octets"
+	opt_error "-M inet:127.0.0.1" "smtpd: -M inet:127.0.0.1: unix:/path or inet:host:port, port 1 to 65535"
+	opt_error "-M inet::25" "smtpd: -M inet::25: unix:/path or inet:host:port, port 1 to 65535"
+	opt_error "-M inet:127.0.0.1:65536" "smtpd: -M inet:127.0.0.1:65536: unix:/path or inet:host:port, port 1 to 65535"
+	opt_error "-M inet:h:0" "smtpd: -M inet:h:0: unix:/path or inet:host:port, port 1 to 65535"
+	opt_error "-M unix:/a -M unix:/b -M unix:/c -M unix:/d -M unix:/e" "smtpd: -M unix:/e: at most 4 milters"
+	opt_error "-F maybe" "smtpd: -F maybe: tempfail, accept or reject"
+}
+
+@test "--help: the usage line and one line per option on stdout, exit 0; every option is in it" {
+	run "$(x_smtpd)" --help
+	x_eq "$status" 0 "exit status"
+	[ "${lines[0]:0:13}" = "usage: smtpd " ]
+	local opt
+	for opt in b d e F h L m M p r s t T V; do
+		printf '%s\n' "$output" | grep -q "^  -$opt " || { echo "no line for -$opt"; false; }
+		printf '%s\n' "${lines[0]}" | grep -q -- "-[A-Za-z]*$opt" || { echo "-$opt not in usage"; false; }
+	done
+}
+
+@test "-d: a domain not listed is 550 5.7.1 whatever the template; case does not matter; <postmaster> passes" {
+	x_maildir "$T/home/bob"
+	x_maildir "$V/y.example/bob"
+	x_maildir "$V/t.example/postmaster"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<bob@x.example>\r\nRCPT TO:<bob@y.example>\r\nRCPT TO:<Bob@X.Example>\r\nQUIT\r\n' >"$T/in"
+	x_run -m "$V/%d/%u" -d X.EXAMPLE,z.example
+	x_expect "220 test.example ESMTP smtpd" "250 test.example" "250 2.1.0 Ok" "250 2.1.5 Ok" \
+		"550 5.7.1 Relaying denied" "250 2.1.5 Ok" "221 2.0.0 test.example closing"
+	grep -q 'refused .* to=<bob@y.example> reply=550 code=5.7.1 reason=relaying-denied$' "$T/err"
+	# a template without %d takes every domain; -d makes it take only the listed ones
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<bob@anything.example>\r\nRCPT TO:<bob@x.example>\r\nRCPT TO:<postmaster>\r\nQUIT\r\n' >"$T/in"
+	x_run -m "$T/home/%u" -d x.example
+	x_expect "220 test.example ESMTP smtpd" "250 test.example" "250 2.1.0 Ok" \
+		"550 5.7.1 Relaying denied" "250 2.1.5 Ok" "550 5.1.1 No such user" "221 2.0.0 test.example closing"
+	x_run -m "$T/home/%u"
+	x_expect "220 test.example ESMTP smtpd" "250 test.example" "250 2.1.0 Ok" \
+		"250 2.1.5 Ok" "250 2.1.5 Ok" "550 5.1.1 No such user" "221 2.0.0 test.example closing"
+	probe -m "$V/%d/%u" -d x.example bob@x.example bob@y.example
+	x_eq "$XS" 67 "probe exit status"
+	grep -qx 'bob@y.example: 550 5.7.1 Relaying denied' "$T/out"
+	grep -qx "bob@x.example: deliver to $V/x.example/bob" "$T/out"
+}

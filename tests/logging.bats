@@ -208,3 +208,26 @@ syslog_wait() {
 	sleep 0.2
 	x_eq "$(grep -c "$h" "$T/syslog" 2>/dev/null || true)" 0 "our lines in syslog"
 }
+
+@test "incomplete: a message cut by the client is one line of its own, and nothing is stored" {
+	x_session 'EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<bob@x.example>\r\nDATA\r\nSubject: half\r\n\r\nhalf a bo' -m "$V/%d/%u"
+	count_is 'incomplete id=[0-9]+\.M[0-9]+P[0-9]+Q1 from=<a@x> recipients=1 octets=26 end=client-closed$' 1
+	count_is 'session .* messages=0 .* end=client-closed ' 1
+	x_session 'EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<bob@x.example>\r\nBDAT 4\r\nabcd' -m "$V/%d/%u"
+	count_is 'incomplete id=[^ ]+ from=<a@x> recipients=1 octets=4 end=client-closed$' 1
+	x_session 'EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<bob@x.example>\r\nDATA\r\nx\r\n.\r\n' -m "$V/%d/%u"
+	count_is 'incomplete ' 0
+	x_eq "$(x_count "$V/x.example/bob")" 1 "messages stored"
+	find "$V/x.example/bob/tmp" -type f | grep -q . && { echo "a file left in tmp/"; false; } || true
+	tokens_ok "$T/err"
+}
+
+@test "relative-template: a relative -m under a launcher (fd 0 a socket) is named at start-up" {
+	command -v socat >/dev/null || skip "socat is not installed"
+	mkdir -p "$T/cwd"
+	(cd "$T/cwd" && timeout 10 socat -T 2 EXEC:"$(x_smtpd) -h t.example -m rel/Maildir" - </dev/null >"$T/out" 2>"$T/err") || true
+	count_is "relative-template template=rel/Maildir cwd=$T/cwd\$" 1
+	# in a pipe (the developer's case) it is not a warning
+	x_session 'QUIT\r\n' -m rel/Maildir
+	count_is 'relative-template' 0
+}
