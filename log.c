@@ -40,7 +40,7 @@ static enum sink choose_sink(void)
 		return SINK_SYSLOG;
 	if (stderr_is_journal(&err))
 		return SINK_JOURNAL;
-	if (isatty(2))
+	if (S_ISCHR(err.st_mode) && isatty(2))
 		return SINK_STDERR;
 	if (fstat(0, &in) == 0 && in.st_dev == err.st_dev && in.st_ino == err.st_ino)
 		return SINK_SYSLOG;

@@ -30,10 +30,9 @@ enum {
 /* The catch-all Maildir, opened once: it, its tmp/ and its new/ stay open for the whole
  * process, so that a message costs one openat() there, as few as a Maildir allows. */
 static struct {
-	char path[MD_PATH_MAX];
 	int fd, tmp_fd, new_fd;
 	struct stat st;
-} md_catch = { "", -1, -1, -1, { 0 } };
+} md_catch = { -1, -1, -1, { 0 } };
 
 static bool md_as_root;                   /* euid 0: files get their Maildir's owner */
 static bool md_no_create;                 /* the address probe: look, make nothing */
@@ -211,7 +210,9 @@ static int md_walk(int at, const char *path, uid_t *owners, size_t *links)
 			 O_PATH | O_DIRECTORY | O_CLOEXEC);
 
 	while (dir >= 0 && *path != '\0') {
-		size_t len = strcspn(path += strspn(path, "/"), "/");
+		while (*path == '/')
+			path++;
+		size_t len = strcspn(path, "/");
 		if (len == 0)
 			break;
 		if (len >= sizeof name) {
@@ -315,7 +316,6 @@ static void md_close_catch(void)
 			close(*fds[i]);
 		*fds[i] = -1;
 	}
-	md_catch.path[0] = '\0';
 }
 
 /* The usual case costs two calls per session: tmp/ and new/ are there, and opening them
@@ -382,7 +382,8 @@ static bool md_parent_exists(const char *path)
  * a wrong HOME must not build a tree of its own. Its fds are then reused. */
 static int md_open_catch(const char *path)
 {
-	if (md_catch.fd >= 0 && strcmp(md_catch.path, path) == 0)
+	/* One process, one template: a catch-all's path is the same at every call. */
+	if (md_catch.fd >= 0)
 		return 0;
 	md_close_catch();
 	int dfd = md_open_dir(path);
@@ -399,7 +400,6 @@ static int md_open_catch(const char *path)
 		md_close_catch();
 		return errno = e, -1;
 	}
-	text_copy(md_catch.path, sizeof md_catch.path, path);
 	return 0;
 }
 
@@ -683,7 +683,7 @@ static int md_open_sub(const struct md_txn *txn, size_t i, const char *sub)
 	int dir = txn->boxes[i].dir_fd;
 
 	if (md_is_catch(dir))
-		return strcmp(sub, "tmp") == 0 ? md_catch.tmp_fd : md_catch.new_fd;
+		return sub[0] == 't' ? md_catch.tmp_fd : md_catch.new_fd; /* "tmp" or "new" */
 	if ((dir = md_box_dir(txn, i)) < 0)
 		return -1;
 	int fd = openat(dir, sub, MD_DIR_FLAGS), e = errno;

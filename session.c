@@ -730,7 +730,9 @@ static void add_date(struct text *t)
 	static const char week[7][4] = { "Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed" };
 	static const char months[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
 					    "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
-	long long now = (long long)time(NULL), secs = now % 86400, days = now / 86400;
+	struct timespec ts;
+	long long now = clock_gettime(CLOCK_REALTIME, &ts) == 0 ? (long long)ts.tv_sec : 0;
+	long long secs = now % 86400, days = now / 86400;
 
 	if (secs < 0)
 		secs += 86400, days--;

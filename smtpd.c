@@ -195,7 +195,8 @@ static int parse_options(int argc, char **argv, struct config *cfg)
 {
 	int opt;
 
-	if (argc > 1 && strcmp(argv[1], "--help") == 0) {
+	/* Looked at only when it starts with "--": a session's start-up calls no strcmp. */
+	if (argc > 1 && argv[1][0] == '-' && argv[1][1] == '-' && strcmp(argv[1], "--help") == 0) {
 		printf("%s\n%s", usage_text, help_text);
 		exit(EXIT_QUIT);
 	}
