@@ -202,15 +202,14 @@ static bool reply_line(const unsigned char *raw, size_t n, char *out, size_t siz
 	text_add_n(&t, (const char *)raw, 3);
 	text_add(&t, " ");
 	const unsigned char *p = raw + (len > 3 ? 4 : 3), *end = raw + len;
-	size_t code = enhanced_len(p, (size_t)(end - p), raw[0]);
-	if (code == 0)
-		text_add(&t, raw[0] == '4' ? "4.7.1" : "5.7.1");
+	if (enhanced_len(p, (size_t)(end - p), raw[0]) == 0)
+		text_add(&t, p < end ? (raw[0] == '4' ? "4.7.1 " : "5.7.1 ")
+				     : (raw[0] == '4' ? "4.7.1" : "5.7.1"));
 	for (; p < end && !t.cut; p++) {
-		char c = *p < 0x20 || *p > 0x7e ? '?' : (char)*p;
-		if (c == '%' && (++p == end || *p != '%'))
+		if (*p == '%' && (p + 1 == end || p[1] != '%'))
 			continue; /* a lone '%' is dropped, as Postfix does */
-		if (code == 0 && p == raw + 4)
-			text_add(&t, " ");
+		p += *p == '%';
+		char c = *p < 0x20 || *p > 0x7e ? '?' : (char)*p;
 		text_add_n(&t, &c, 1);
 	}
 	return true;
@@ -1051,14 +1050,13 @@ static void set_bounds(const struct config *cfg)
 /* A refusal of the connection, in the words RFC 5321 3.1 gives a greeting: 554 or 421. */
 static enum milter_verdict refuse_connection(enum milter_verdict v, struct milter_reply *r)
 {
-	log_refused(r, EV_CONNECT, NULL);
-	if (v == MV_TEMPFAIL) {
+	if (v == MV_TEMPFAIL)
 		memcpy(r->text, "421", 3);
-	} else if (strcmp(r->text, reject_text) == 0) {
+	else if (strcmp(r->text, reject_text) == 0)
 		text_copy(r->text, sizeof r->text, connect_reject_text);
-	} else {
+	else
 		memcpy(r->text, "554", 3);
-	}
+	log_refused(r, EV_CONNECT, NULL);
 	return v;
 }
 

@@ -112,6 +112,7 @@ static const struct {
 	[RPL_LOOP] = { "554 5.4.6 Too many Received headers (mail loop)", false },
 	[RPL_TLS_GO] = { "220 2.0.0 Ready to start TLS", false },
 	[RPL_TLS_ACTIVE] = { "503 5.5.1 TLS already active", true },
+	[RPL_MILTER] = { "", false }, /* the text is in s->mr */
 };
 
 static const enum reply_id md_replies[] = {
