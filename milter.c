@@ -525,9 +525,17 @@ static const char *errno_word(int e)
 {
 	if (e == ETIMEDOUT)
 		return "timeout";
+	return e == EPIPE || e == ECONNRESET ? "closed" : "io-error";
+}
+
+/* Why a connect failed, in one word. */
+static const char *connect_word(int e)
+{
 	if (e == ECONNREFUSED || e == ENOENT)
 		return "connect-refused";
-	return e == EPIPE || e == ECONNRESET ? "closed" : "io-error";
+	if (e == ENXIO)
+		return "unknown-host";
+	return e == ETIMEDOUT ? "timeout" : "connect-failed";
 }
 
 /* ---- the log ---- */
@@ -666,12 +674,12 @@ static bool flush(struct milter *m)
 		if (n > 0) {
 			done += (size_t)n;
 			end = wait_end(M.reply_ms);
-		} else if (n < 0 && errno == EAGAIN && !wait_fd(m->fd, POLLOUT, end)) {
-			errno = ETIMEDOUT;
-			return false;
-		} else if (n <= 0 && errno != EINTR && errno != EAGAIN) {
-			return false;
+			continue;
 		}
+		if (n < 0 && (errno == EINTR || (errno == EAGAIN && wait_fd(m->fd, POLLOUT, end))))
+			continue;
+		errno = n == 0 ? EPIPE : errno == EAGAIN ? ETIMEDOUT : errno;
+		return false;
 	}
 	m->out_len = 0;
 	return true;
@@ -914,7 +922,7 @@ static int dial_inet(const char *spec, long long end)
 	memcpy(host, h, hlen);
 	host[hlen] = '\0';
 	if (getaddrinfo(host, colon + 1, &hints, &ai) != 0)
-		return errno = EHOSTUNREACH, -1;
+		return errno = ENXIO, -1; /* no such host */
 	int fd = -1;
 	for (struct addrinfo *a = ai; a != NULL && fd < 0; a = a->ai_next)
 		fd = dial(a->ai_addr, a->ai_addrlen, end);
@@ -971,7 +979,7 @@ static bool open_milter(struct milter *m, struct milter_reply *r)
 	M.phase_end = now_ms() + M.connect_ms;
 	m->fd = dial_spec(m->spec, wait_end(M.connect_ms));
 	if (m->fd < 0)
-		error = errno == EHOSTUNREACH ? "unknown-host" : errno_word(errno);
+		error = connect_word(errno);
 	else if ((error = negotiate(m)) == NULL)
 		m->state = MS_OPEN;
 	M.phase_end = 0;
@@ -1415,12 +1423,14 @@ static void to_milter(struct pass *p, const struct item *it)
 		room -= f->name_len;
 		ssize_t n = pread(M.msg.fd, M.in, f->len < room + 1 ? (size_t)f->len : room + 1,
 				  (off_t)f->off);
-		if (n <= 0) {
+		const unsigned char *colon =
+			n > (ssize_t)f->name_len
+				? memchr(M.in + f->name_len, ':', (size_t)n - f->name_len)
+				: NULL;
+		if (colon == NULL) {
 			p->v = fail(m, EV_HEADER, "io-error", p->r);
 			return;
 		}
-		const unsigned char *colon =
-			memchr(M.in + f->name_len, ':', (size_t)n - f->name_len);
 		value = (const char *)colon + 1;
 		len = (size_t)(M.in + n - colon - 1);
 		len -= (uint64_t)n == f->len && M.in[n - 1] == '\n';
@@ -1459,9 +1469,11 @@ static enum milter_verdict send_body(struct milter *m, struct milter_reply *r)
 		uint64_t want = M.msg.end - off;
 		ssize_t n = pread(M.msg.fd, R.buf, want < READ_BUF ? (size_t)want : READ_BUF,
 				  (off_t)off);
-		if (n <= 0 && errno != EINTR)
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
 			return fail(m, EV_BODY, "io-error", r);
-		const unsigned char *p = R.buf, *end = R.buf + (n > 0 ? n : 0);
+		const unsigned char *p = R.buf, *end = R.buf + n;
 		off += (uint64_t)(end - p);
 		while (p < end && going(m, v) && m->skip != SMFIC_BODY) {
 			size_t room = 5 + MILTER_CHUNK_SIZE - P.len;
