@@ -7,8 +7,9 @@ Python's standard library, doing what real milters seldom do.
 
 SCRIPT is a file of lines "STAGE ACTION [ACTION...]"; STAGE is optneg, connect, helo, mail,
 rcpt, data, header, eoh, body or eom, for every such event, or STAGE#N for the Nth of them in
-a connection (rcpt#2, body#2). What a stage is not given answers "continue" (or nothing, for a
-stage the optneg line says it will not answer). Actions, each one packet or one deed:
+a connection (rcpt#2, body#2), or eom?TEXT for the end of a message whose header fields or body
+held TEXT. What a stage is not given answers "continue" (or nothing, for a stage the optneg
+line says it will not answer). Actions, each one packet or one deed:
 
   continue accept reject tempfail discard progress skip
   reply:TEXT            SMFIR_REPLYCODE; \\r \\n \\0 \\xHH escapes in TEXT
@@ -56,6 +57,7 @@ class Session:
         self.conn, self.script, self.record, self.lock = conn, script, record, lock
         self.counts = {}
         self.steps = 0
+        self.content = b''
 
     def log(self, event):
         with self.lock, open(self.record, 'a') as f:
@@ -106,6 +108,11 @@ class Session:
         self.counts[stage] = self.counts.get(stage, 0) + 1
         key = '%s#%d' % (stage, self.counts[stage])
         actions = self.script.get(key, self.script.get(stage))
+        if stage == 'eom':
+            for k, v in self.script.items():
+                if k.startswith('eom?') and k[4:].encode() in self.content:
+                    actions = v
+            self.content = b''
         if actions is None:
             if self.steps & NO_REPLY.get(stage, 0):
                 return True
@@ -132,6 +139,8 @@ class Session:
             self.log({'cmd': 'macro', 'stage': NAMES.get(data[:1], '?'),
                       'macros': dict(zip(args[0::2], args[1::2]))})
             return True
+        if cmd in (b'B', b'L'):
+            self.content += data
         if cmd == b'B':
             self.log({'cmd': 'body', 'data': data.decode('latin-1')})
         elif cmd == b'C':
@@ -143,6 +152,7 @@ class Session:
         else:
             self.log({'cmd': stage, 'args': strings(data)})
         if cmd in (b'A', b'Q'):
+            self.content = b''
             return cmd != b'Q'
         return self.answer(stage)
 

@@ -84,6 +84,7 @@ boot() {
 	install -m 755 "$ROOT/smtpd" "$STAGE/smtpd"
 	cp -r "$ROOT/systemd" "$STAGE/systemd"
 	cp "$ROOT/tests/ct_client.py" "$STAGE/"
+	cp "$ROOT/tests/milter.py" "$STAGE/"
 	trap stop EXIT
 	trap 'exit 130' INT TERM
 	systemd-nspawn -q -b -D "$ROOTFS" -M "smtpdtest$$" --register=no --keep-unit \
