@@ -6,6 +6,7 @@
 # swaks and Python's smtplib.
 
 load pipe
+load rspamd
 
 # a directory the milters' own users can read: not under bats' private temporary directory
 m_dir() {
@@ -13,17 +14,6 @@ m_dir() {
 	d=$(mktemp -d)
 	chmod 755 "$d"
 	echo "$d"
-}
-
-m_wait_port() { # PORT PID NAME: until something listens on PORT, or the process is gone
-	local i
-	for i in $(seq 600); do
-		ss -Hltn "sport = :$1" | grep -q LISTEN && return 0
-		kill -0 "$2" 2>/dev/null || break
-		sleep 0.1
-	done
-	echo "$3 did not start" >&2
-	return 1
 }
 
 setup_file() {
@@ -38,34 +28,10 @@ setup_file() {
 	openssl genrsa -out "$R/dkim.pem" 2048 2>/dev/null
 	local key
 	key=$(python3 "$BATS_TEST_DIRNAME/dkimsign.py" key "$R/dkim.pem" | fold -w 250 | paste -sd, -)
-	dnsmasq --keep-in-foreground --user=nobody --conf-file=/dev/null --port="$DNS_PORT" \
-		--listen-address=127.0.0.1 --bind-interfaces --no-resolv \
-		"--txt-record=example.test,v=spf1 ip4:192.0.2.10 -all" \
-		"--txt-record=sel._domainkey.example.test,$key" \
-		"--txt-record=_dmarc.example.test,v=DMARC1; p=none" 3>&- 2>"$R/dnsmasq.log" &
-	echo $! >"$R/dnsmasq.pid"
-	rspamd_start
+	rs_dns_start "$R" "$DNS_PORT" "--txt-record=example.test,v=spf1 ip4:192.0.2.10 -all" \
+		"--txt-record=sel._domainkey.example.test,$key" "--txt-record=_dmarc.example.test,v=DMARC1; p=none"
+	rs_rspamd_start "$R" "$RSPAMD_PORT" "$DNS_PORT"
 	opendkim_start
-}
-
-rspamd_start() {
-	mkdir -p "$R/rspamd/local.d" "$R/rspamd/db" "$R/rspamd/run"
-	local c=$R/rspamd/local.d p1 p2
-	p1=$(x_free_port) p2=$(x_free_port)
-	echo "bind_socket = \"127.0.0.1:$RSPAMD_PORT\"; milter = yes; upstream \"local\" { default = yes; self_scan = yes; }" >"$c/worker-proxy.inc"
-	echo "bind_socket = \"127.0.0.1:$p1\";" >"$c/worker-normal.inc"
-	echo "bind_socket = \"127.0.0.1:$p2\";" >"$c/worker-controller.inc"
-	echo "dns { nameserver = [\"127.0.0.1:$DNS_PORT\"]; timeout = 1s; retransmits = 1; }" >"$c/options.inc"
-	echo "type = \"file\"; filename = \"$R/rspamd/rspamd.log\"; level = \"info\";" >"$c/logging.inc"
-	# no greylisting (no redis offline), and thresholds no test message reaches: GTUBE alone rejects
-	echo 'greylist = null; add_header = 100; rewrite_subject = 120; reject = 150;' >"$c/actions.conf"
-	echo 'use = ["authentication-results", "x-spamd-result"];' >"$c/milter_headers.conf"
-	chown -R _rspamd:_rspamd "$R/rspamd"
-	rspamd -f -u _rspamd -g _rspamd -c /etc/rspamd/rspamd.conf --var=LOCAL_CONFDIR="$R/rspamd" \
-		--var=DBDIR="$R/rspamd/db" --var=RUNDIR="$R/rspamd/run" --var=LOGDIR="$R/rspamd" \
-		3>&- >"$R/rspamd.out" 2>&1 &
-	echo $! >"$R/rspamd.pid"
-	m_wait_port "$RSPAMD_PORT" "$(cat "$R/rspamd.pid")" rspamd
 }
 
 # OpenDKIM's resolver is libunbound: pointed at the stub, with test. served, not refused
@@ -86,7 +52,7 @@ EOF
 	chown -R opendkim "$R/opendkim"
 	opendkim -f -x "$R/opendkim/opendkim.conf" 3>&- >"$R/opendkim.out" 2>&1 &
 	echo $! >"$R/opendkim.pid"
-	m_wait_port "$OPENDKIM_PORT" "$(cat "$R/opendkim.pid")" opendkim
+	rs_wait_port "$OPENDKIM_PORT" "$(cat "$R/opendkim.pid")" opendkim
 }
 
 teardown_file() {
