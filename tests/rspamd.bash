@@ -31,7 +31,7 @@ rs_dns_start() {
 # rs_rspamd_start DIR PORT DNS_PORT: rspamd's proxy worker as a milter on 127.0.0.1:PORT
 # (self_scan), its DNS the stub; no greylisting (no redis here) and thresholds no plain
 # message reaches, so that GTUBE alone refuses; Authentication-Results and X-Spamd-Result
-# added. Returns once it listens (10-20 s).
+# added, to clients on loopback too. Returns once it listens (10-20 s).
 rs_rspamd_start() {
 	local dir=$1/rspamd port=$2 dns=$3 normal controller
 	normal=$(x_free_port) controller=$(x_free_port)
@@ -43,7 +43,8 @@ rs_rspamd_start() {
 	echo "dns { nameserver = [\"127.0.0.1:$dns\"]; timeout = 1s; retransmits = 1; }" >"$dir/local.d/options.inc"
 	echo "type = \"file\"; filename = \"$dir/rspamd.log\"; level = \"info\";" >"$dir/local.d/logging.inc"
 	echo 'greylist = null; add_header = 100; rewrite_subject = 120; reject = 150;' >"$dir/local.d/actions.conf"
-	echo 'use = ["authentication-results", "x-spamd-result"];' >"$dir/local.d/milter_headers.conf"
+	echo 'use = ["authentication-results", "x-spamd-result"]; skip_local = false;' \
+		>"$dir/local.d/milter_headers.conf"
 	chown -R _rspamd:_rspamd "$dir"
 	rspamd -f -u _rspamd -g _rspamd -c /etc/rspamd/rspamd.conf --var=LOCAL_CONFDIR="$dir" \
 		--var=DBDIR="$dir/db" --var=RUNDIR="$dir/run" --var=LOGDIR="$dir" \
