@@ -61,8 +61,11 @@ enum reply_id {
 	RPL_LOOP,
 	RPL_TLS_GO,
 	RPL_TLS_ACTIVE,
-	RPL_MILTER, /* a milter's verdict: the text is in s->mr */
+	RPL_MILTER, /* a milter's verdict, in milter_said */
 };
+
+/* What a milter said, and which: RPL_MILTER's text. */
+static struct milter_reply milter_said;
 
 static const struct {
 	const char *text;
@@ -112,7 +115,7 @@ static const struct {
 	[RPL_LOOP] = { "554 5.4.6 Too many Received headers (mail loop)", false },
 	[RPL_TLS_GO] = { "220 2.0.0 Ready to start TLS", false },
 	[RPL_TLS_ACTIVE] = { "503 5.5.1 TLS already active", true },
-	[RPL_MILTER] = { "", false }, /* the text is in s->mr */
+	[RPL_MILTER] = { milter_said.text, false },
 };
 
 static const enum reply_id md_replies[] = {
@@ -198,7 +201,6 @@ struct session {
 	uint64_t bytes;
 
 	size_t in_start, in_end, out_len;
-	struct milter_reply mr;
 	unsigned char in[IN_BUF_SIZE];
 	char out[OUT_BUF_SIZE];
 	unsigned char chunk[DATA_CHUNK + 2];
@@ -359,16 +361,9 @@ static void reply_around_num(struct session *s, const char *head, uint64_t n, co
 	reply_around(s, head, digits, tail);
 }
 
-static const char *reply_of(const struct session *s, enum reply_id id)
-{
-	return id == RPL_MILTER ? s->mr.text : replies[id].text;
-}
-
 static void reply(struct session *s, enum reply_id id)
 {
-	const char *text = reply_of(s, id);
-
-	reply_text(s, text, strlen(text));
+	reply_text(s, replies[id].text, strlen(replies[id].text));
 	if (replies[id].bad && ++s->bad_commands >= MAX_BAD_COMMANDS) {
 		reply_around(s, "421 4.7.0 ", s->cfg->hostname, " Too many errors, closing");
 		end_session(s, EXIT_DROPPED, "too-many-errors");
@@ -875,12 +870,12 @@ static void log_delivery(struct session *s)
 }
 
 /* "452 4.3.1 Insufficient..." as " reply=452 code=4.3.1", and the milter that gave it. */
-static void add_reply_code(const struct session *s, struct text *t, enum reply_id id)
+static void add_reply_code(struct text *t, enum reply_id id)
 {
-	log_add_reply(t, reply_of(s, id));
+	log_add_reply(t, replies[id].text);
 	text_add(t, id == RPL_MILTER ? " milter=" : "");
 	if (id == RPL_MILTER)
-		log_add_value(t, s->mr.milter);
+		log_add_value(t, milter_said.milter);
 }
 
 /* One line per recipient that did not get the message, naming its Maildir and what failed
@@ -904,7 +899,7 @@ static void log_failure(struct session *s, const struct rcpt *rc, enum reply_id 
 		log_add_errno(&t, box->fail_errno);
 	else
 		text_add(&t, "-");
-	add_reply_code(s, &t, why);
+	add_reply_code(&t, why);
 	log_text(L_WARN, line);
 }
 
@@ -947,7 +942,7 @@ static void log_rejected(struct session *s)
 		text_add(&t, " errno=");
 		log_add_errno(&t, s->md.fail_errno);
 	}
-	add_reply_code(s, &t, s->txn_error);
+	add_reply_code(&t, s->txn_error);
 	log_text(L_WARN, line);
 }
 
@@ -967,7 +962,7 @@ static enum reply_id rcpt_outcome(const struct session *s, size_t i, enum md_res
  * stores nothing and answers 250. */
 static enum milter_verdict milter_end(struct session *s)
 {
-	enum milter_verdict v = milter_message(&s->md, s->prefix_len, &s->mr);
+	enum milter_verdict v = milter_message(&s->md, s->prefix_len, &milter_said);
 	enum md_result r = v == MV_CONTINUE ? milter_apply(&s->md) : MD_OK;
 
 	s->last_input_ms = now_ms();
@@ -1216,7 +1211,7 @@ static void greet_client(struct session *s, char *arg, const char *protocol, boo
 	}
 	s->helo[i] = '\0';
 	if (s->cfg->milter_count > 0 &&
-	    milter_helo(s->helo, s->tls_protocol, s->tls_cipher, &s->mr) != MV_CONTINUE)
+	    milter_helo(s->helo, s->tls_protocol, s->tls_cipher, &milter_said) != MV_CONTINUE)
 		return reply(s, RPL_MILTER);
 	s->protocol = protocol;
 	s->extended = extended;
@@ -1375,7 +1370,7 @@ static void h_mail(struct session *s, char *arg)
 	if (r == RPL_NONE && a.has_8bit && !s->smtputf8)
 		r = RPL_NEED_UTF8;
 	if (r == RPL_NONE && s->cfg->milter_count > 0 &&
-	    milter_mail(a.text, params, &s->mr) != MV_CONTINUE)
+	    milter_mail(a.text, params, &milter_said) != MV_CONTINUE)
 		r = RPL_MILTER;
 	if (r != RPL_NONE) {
 		s->smtputf8 = false;
@@ -1401,8 +1396,8 @@ static void refuse_rcpt(struct session *s, const char *to, enum reply_id id, boo
 	text_add(&t, "> to=<");
 	log_add_value(&t, to);
 	text_add(&t, ">");
-	add_reply_code(s, &t, id);
-	log_add_reason(&t, reply_of(s, id));
+	add_reply_code(&t, id);
+	log_add_reason(&t, replies[id].text);
 	if (looked && s->md.why_path[0] != '\0') {
 		bool maildir = id == RPL_NO_USER || id == RPL_TEMP;
 		const char *detail = maildir ? md_explain(s->md.why_path) : NULL;
@@ -1485,7 +1480,7 @@ static void h_rcpt(struct session *s, char *arg)
 		refuse_rcpt(s, a.text, md_replies[r], true);
 		return;
 	}
-	if (s->cfg->milter_count > 0 && milter_rcpt(a.text, &s->mr) != MV_CONTINUE) {
+	if (s->cfg->milter_count > 0 && milter_rcpt(a.text, &milter_said) != MV_CONTINUE) {
 		md_forget_boxes(&s->md, boxes);
 		refuse_rcpt(s, a.text, RPL_MILTER, false);
 		return;
@@ -1502,7 +1497,8 @@ static enum reply_id begin_message(struct session *s)
 {
 	enum md_result r = md_begin(&s->md);
 
-	if (r == MD_OK && s->cfg->milter_count > 0 && milter_data(s->md.id, &s->mr) != MV_CONTINUE)
+	if (r == MD_OK && s->cfg->milter_count > 0 &&
+	    milter_data(s->md.id, &milter_said) != MV_CONTINUE)
 		return RPL_MILTER;
 	return md_replies[r];
 }
@@ -1908,7 +1904,7 @@ static void greet(struct session *s)
 
 	s->greeted = true;
 	if (s->cfg->milter_count > 0) {
-		refused = milter_connect(s->cfg, &s->mr) != MV_CONTINUE;
+		refused = milter_connect(s->cfg, &milter_said) != MV_CONTINUE;
 		s->last_input_ms = now_ms(); /* the milters' time is not the client's silence */
 	}
 	if (!refused)
@@ -1916,7 +1912,7 @@ static void greet(struct session *s)
 				    s->cfg->lmtp ? " LMTP smtpd" : " ESMTP smtpd");
 	reply(s, RPL_MILTER);
 	s->state = ST_SHUNNED;
-	if (s->mr.text[0] == '4')
+	if (milter_said.text[0] == '4')
 		end_session(s, EXIT_DROPPED, "milter-tempfail");
 }
 

@@ -473,3 +473,24 @@ EOF
 	[ "$(echo "$output" | grep -c '^helo ')" -eq 2 ]
 	[ "$(x_count "$MD")" -eq 1 ]
 }
+
+@test "failure: a milter that never answers the negotiation is given up within -t; the greeting comes, MAIL gets 451" {
+	m_start m "optneg hang"
+	x_session "EHLO c\r\nMAIL FROM:<a@example.org>\r\nQUIT\r\n"
+	start=$(date +%s%N)
+	x_run -m "$MD" -t 2 -M "unix:$T/m.sock"
+	ms=$((($(date +%s%N) - start) / 1000000))
+	[ "$ms" -ge 1900 ] && [ "$ms" -lt 4000 ]
+	m_expect "220 test.example ESMTP smtpd" EHLO "451 4.7.1 Service unavailable, try again later" \
+		"221 2.0.0 test.example closing"
+	grep -q "milter-failed milter=unix:$T/m.sock stage=connect error=timeout action=tempfail" "$T/err"
+}
+
+@test "connect: a discard there is ignored, with a warning; the session goes on" {
+	m_start m "connect discard" "helo discard"
+	one_message
+	m_run m
+	[ "$(x_count "$MD")" -eq 1 ]
+	grep -q "milter-ignored milter=unix:$T/m.sock stage=connect reply=d" "$T/err"
+	grep -q "milter-ignored milter=unix:$T/m.sock stage=helo reply=d" "$T/err"
+}
