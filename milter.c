@@ -90,9 +90,10 @@ enum {
 
 enum {
 	PROTOCOL_VERSION = 6,
-	READ_BUF = 65536,  /* the spool, read through one buffer */
-	MACROS_BUF = 4096, /* one stage's macros: a handful of names and short values */
-	REASON_MAX = 64,   /* what we log of a quarantine's reason */
+	READ_BUF = 65536,   /* the spool, read through one buffer */
+	PENDING_BUF = 8192, /* a milter's packets not yet written: envelope events and headers */
+	MACROS_BUF = 4096,  /* one stage's macros: a handful of names and short values */
+	REASON_MAX = 64,    /* what we log of a quarantine's reason */
 	FIELD_HEAD = MILTER_NAME_MAX + 2, /* of a header line: enough to see its name and colon */
 };
 
@@ -411,7 +412,7 @@ static const char *refusal_text(const struct exchange *x)
 
 int milter_parse_replies(int event, const unsigned char *buf, size_t len, char *reply, size_t size)
 {
-	static struct edits edits;
+	struct edits edits; /* on the stack: only the fuzz target calls this */
 	struct exchange x = { .event = (char)event, .actions = OFFERED_ACTIONS, .edits = &edits };
 	size_t used = 0;
 
@@ -449,7 +450,7 @@ struct milter {
 	char skip;     /* SMFIR_SKIP: no more of this event while it repeats */
 	char reply[LINE_MAX_OCTETS]; /* MS_FAILED, MS_REFUSED: the reply from now on */
 	size_t out_len;              /* packets not yet written: sent when a reply is needed */
-	unsigned char out[4 + MILTER_PACKET_MAX];
+	unsigned char *out;          /* PENDING_BUF of them */
 };
 
 /* One packet being built. */
@@ -478,12 +479,19 @@ static struct {
 	unsigned long rcpts;
 	const char *discarded_by; /* the milter that discarded this transaction */
 	struct message msg;
-	size_t in_len;
-	unsigned char in[4 + MILTER_PACKET_MAX];
+	size_t in_len; /* of B->in */
 } M;
 
-static struct edits E;  /* this message's header changes, in the order given */
-static struct packet P; /* the event being sent; the rewrite's write buffer */
+/* The buffers, taken from the heap when a session has milters: without -M they cost nothing,
+ * not even address space (the musl build is held to 1 MiB of it). */
+static struct {
+	unsigned char in[4 + MILTER_PACKET_MAX]; /* what a milter sent, read ahead */
+	struct packet pkt;                       /* the packet being built; the rewrite's output */
+	unsigned char read[READ_BUF];            /* the spool, read back */
+	struct edits edits;                      /* this message's header changes, in order */
+	unsigned char out[MILTER_MAX][PENDING_BUF];
+} * B;
+
 static struct {
 	size_t len;
 	unsigned char b[MACROS_BUF];
@@ -663,14 +671,14 @@ static void close_fd(struct milter *m)
 	M.in_len = 0;
 }
 
-/* Writes what is pending for m; each write may wait the reply bound. */
-static bool flush(struct milter *m)
+/* Writes len octets to m; each write may wait the reply bound. */
+static bool send_all(struct milter *m, const unsigned char *b, size_t len)
 {
 	size_t done = 0;
 	long long end = wait_end(M.reply_ms);
 
-	while (done < m->out_len) {
-		ssize_t n = send(m->fd, m->out + done, m->out_len - done, MSG_NOSIGNAL);
+	while (done < len) {
+		ssize_t n = send(m->fd, b + done, len - done, MSG_NOSIGNAL);
 		if (n > 0) {
 			done += (size_t)n;
 			end = wait_end(M.reply_ms);
@@ -681,15 +689,26 @@ static bool flush(struct milter *m)
 		errno = n == 0 ? EPIPE : errno == EAGAIN ? ETIMEDOUT : errno;
 		return false;
 	}
-	m->out_len = 0;
 	return true;
 }
 
-/* A packet after what is pending: the write waits until a reply is needed or the buffer fills. */
+/* Writes what is pending for m. */
+static bool flush(struct milter *m)
+{
+	size_t len = m->out_len;
+
+	m->out_len = 0;
+	return send_all(m, m->out, len);
+}
+
+/* A packet after what is pending: the write waits until a reply is needed or the buffer fills.
+ * One that does not fit the buffer (a header or body chunk) goes straight from where it is. */
 static bool queue(struct milter *m, const unsigned char *b, size_t len)
 {
-	if (len > sizeof m->out - m->out_len && !flush(m))
+	if (len > PENDING_BUF - m->out_len && !flush(m))
 		return false;
+	if (len > PENDING_BUF)
+		return send_all(m, b, len);
 	memcpy(m->out + m->out_len, b, len);
 	m->out_len += len;
 	return true;
@@ -702,8 +721,8 @@ static bool take_replies(struct milter *m, struct exchange *x)
 
 	for (;;) {
 		size_t used;
-		enum step s = parse(x, M.in, M.in_len, &used);
-		memmove(M.in, M.in + used, M.in_len - used);
+		enum step s = parse(x, B->in, M.in_len, &used);
+		memmove(B->in, B->in + used, M.in_len - used);
 		M.in_len -= used;
 		if (s == STEP_ERROR)
 			return false;
@@ -713,7 +732,7 @@ static bool take_replies(struct milter *m, struct exchange *x)
 			x->progress = false, end = wait_end(M.reply_ms);
 		if (!wait_fd(m->fd, POLLIN, end))
 			return broken(x, "timeout"), false;
-		ssize_t n = recv(m->fd, M.in + M.in_len, sizeof M.in - M.in_len, 0);
+		ssize_t n = recv(m->fd, B->in + M.in_len, sizeof B->in - M.in_len, 0);
 		if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
 			return broken(x, n == 0 ? "closed" : errno_word(errno)), false;
 		M.in_len += n > 0 ? (size_t)n : 0;
@@ -797,7 +816,7 @@ static enum milter_verdict ask(struct milter *m, enum event e, bool macros, stru
 	char cmd = events[e].cmd;
 	struct exchange x = { .event = cmd,
 			      .actions = m->actions,
-			      .edits = &E,
+			      .edits = &B->edits,
 			      .lead_space = (m->steps & SMFIP_HDR_LEADSPC) != 0 };
 
 	if (m->skip != 0 && m->skip != cmd)
@@ -808,7 +827,7 @@ static enum milter_verdict ask(struct milter *m, enum event e, bool macros, stru
 		return fail(m, e, errno_word(errno), r);
 	if (m->steps & events[e].unwanted)
 		return MV_CONTINUE;
-	if (!queue(m, P.b, P.len))
+	if (!queue(m, B->pkt.b, B->pkt.len))
 		return fail(m, e, errno_word(errno), r);
 	if (m->steps & events[e].no_reply)
 		return MV_CONTINUE;
@@ -838,7 +857,7 @@ static enum milter_verdict tell(struct milter *m, enum event e, struct milter_re
 /* The event in P and its macros in Mac are complete. */
 static void seal(void)
 {
-	finish(P.b, P.len);
+	finish(B->pkt.b, B->pkt.len);
 	finish(Mac.b, Mac.len);
 }
 
@@ -954,12 +973,12 @@ static const char *negotiate(struct milter *m)
 {
 	struct exchange x = { .event = SMFIC_OPTNEG };
 
-	begin(&P, SMFIC_OPTNEG);
-	put32(&P, PROTOCOL_VERSION);
-	put32(&P, OFFERED_ACTIONS);
-	put32(&P, OFFERED_STEPS);
-	finish(P.b, P.len);
-	if (!queue(m, P.b, P.len) || !flush(m))
+	begin(&B->pkt, SMFIC_OPTNEG);
+	put32(&B->pkt, PROTOCOL_VERSION);
+	put32(&B->pkt, OFFERED_ACTIONS);
+	put32(&B->pkt, OFFERED_STEPS);
+	finish(B->pkt.b, B->pkt.len);
+	if (!queue(m, B->pkt.b, B->pkt.len) || !flush(m))
 		return errno_word(errno);
 	if (!take_replies(m, &x))
 		return x.error;
@@ -1030,13 +1049,13 @@ static void connect_event(void)
 	macro("{client_addr}", addr);
 	macro("{client_name}", "unknown");
 	macro("{client_port}", port_text);
-	begin(&P, SMFIC_CONNECT);
-	put_str(&P, name);
-	P.b[P.len++] = addr[0] == '\0' ? 'U' : strchr(addr, ':') ? '6' : '4';
+	begin(&B->pkt, SMFIC_CONNECT);
+	put_str(&B->pkt, name);
+	B->pkt.b[B->pkt.len++] = addr[0] == '\0' ? 'U' : strchr(addr, ':') ? '6' : '4';
 	if (addr[0] != '\0') {
 		unsigned char be[2] = { (unsigned char)(port >> 8), (unsigned char)port };
-		put(&P, be, 2);
-		put_str(&P, addr);
+		put(&B->pkt, be, 2);
+		put_str(&B->pkt, addr);
 	}
 }
 
@@ -1071,9 +1090,15 @@ static enum milter_verdict refuse_connection(enum milter_verdict v, struct milte
 enum milter_verdict milter_connect(const struct config *cfg, struct milter_reply *r)
 {
 	set_bounds(cfg);
+	if (B == NULL)
+		B = malloc(sizeof *B);
 	for (size_t i = 0; i < M.count; i++)
-		M.list[i] = (struct milter){ .spec = cfg->milters[i], .fd = -1 };
-	for (size_t i = 0; i < M.count; i++) {
+		M.list[i] = (struct milter){ .spec = cfg->milters[i],
+					     .fd = -1,
+					     .out = B ? B->out[i] : NULL };
+	for (size_t i = 0; i < M.count && B == NULL; i++)
+		fail(&M.list[i], EV_CONNECT, "no-memory", r);
+	for (size_t i = 0; i < M.count && B != NULL; i++) {
 		struct milter *m = &M.list[i];
 		if (!open_milter(m, r))
 			continue;
@@ -1095,8 +1120,8 @@ enum milter_verdict milter_helo(const char *helo, const char *tls_version, const
 	M.cipher = cipher;
 	macros_begin(SMFIC_HELO);
 	macros_tls();
-	begin(&P, SMFIC_HELO);
-	put_str(&P, helo);
+	begin(&B->pkt, SMFIC_HELO);
+	put_str(&B->pkt, helo);
 	enum milter_verdict v = tell_all(EV_HELO, r);
 	if (v != MV_CONTINUE)
 		log_refused(r, EV_HELO, helo);
@@ -1119,11 +1144,11 @@ enum milter_verdict milter_mail(const char *sender, const char *params, struct m
 	macros_begin(SMFIC_MAIL);
 	macro("{mail_addr}", sender);
 	macros_tls();
-	begin(&P, SMFIC_MAIL);
-	put_str(&P, path);
+	begin(&B->pkt, SMFIC_MAIL);
+	put_str(&B->pkt, path);
 	for (const char *p = params; *(p += strspn(p, " ")) != '\0'; p += strcspn(p, " ")) {
-		put(&P, p, strcspn(p, " "));
-		put(&P, "", 1);
+		put(&B->pkt, p, strcspn(p, " "));
+		put(&B->pkt, "", 1);
 	}
 	enum milter_verdict v = tell_all(EV_MAIL, r);
 	if (v != MV_CONTINUE) {
@@ -1143,8 +1168,8 @@ enum milter_verdict milter_rcpt(const char *rcpt, struct milter_reply *r)
 	text_add(&t, ">");
 	macros_begin(SMFIC_RCPT);
 	macro("{rcpt_addr}", rcpt);
-	begin(&P, SMFIC_RCPT);
-	put_str(&P, path);
+	begin(&B->pkt, SMFIC_RCPT);
+	put_str(&B->pkt, path);
 	enum milter_verdict v = tell_all(EV_RCPT, r);
 	M.rcpts += v == MV_CONTINUE;
 	return v;
@@ -1156,7 +1181,7 @@ enum milter_verdict milter_data(const char *id, struct milter_reply *r)
 	macros_begin(SMFIC_DATA);
 	macro("i", id);
 	macros_tls();
-	begin(&P, SMFIC_DATA);
+	begin(&B->pkt, SMFIC_DATA);
 	return tell_all(EV_DATA, r);
 }
 
@@ -1180,6 +1205,8 @@ void milter_quit(void)
 {
 	for (size_t i = 0; i < M.count; i++)
 		hang_up(&M.list[i]);
+	free(B);
+	B = NULL;
 }
 
 /* ---- the message: read back from the spool ---- */
@@ -1189,8 +1216,7 @@ static struct {
 	int fd;
 	uint64_t base, end; /* the file offset of buf[0]; where the data ends */
 	size_t len, pos;    /* bytes in buf; where the next line starts */
-	unsigned char buf[READ_BUF];
-} R;
+} R;                        /* its buffer is B->read */
 
 /* One line: where it is, and its first bytes (all of a line that fits the buffer). */
 struct line {
@@ -1202,15 +1228,16 @@ struct line {
 
 static int refill(void)
 {
-	memmove(R.buf, R.buf + R.pos, R.len - R.pos);
+	memmove(B->read, B->read + R.pos, R.len - R.pos);
 	R.base += R.pos;
 	R.len -= R.pos;
 	R.pos = 0;
-	while (R.len < sizeof R.buf && R.base + R.len < R.end) {
+	while (R.len < sizeof B->read && R.base + R.len < R.end) {
 		uint64_t want = R.end - R.base - R.len;
-		ssize_t n = pread(R.fd, R.buf + R.len,
-				  want < sizeof R.buf - R.len ? (size_t)want : sizeof R.buf - R.len,
-				  (off_t)(R.base + R.len));
+		ssize_t n =
+			pread(R.fd, B->read + R.len,
+			      want < sizeof B->read - R.len ? (size_t)want : sizeof B->read - R.len,
+			      (off_t)(R.base + R.len));
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -1223,7 +1250,7 @@ static int refill(void)
 /* A line longer than the buffer: its head is kept, the rest passed over. */
 static int long_line(struct line *l)
 {
-	memcpy(l->copy, R.buf, sizeof l->copy);
+	memcpy(l->copy, B->read, sizeof l->copy);
 	l->head = l->copy;
 	l->head_len = sizeof l->copy;
 	l->off = R.base;
@@ -1231,9 +1258,9 @@ static int long_line(struct line *l)
 		R.pos = R.len;
 		if (refill() != 0)
 			return -1;
-		unsigned char *nl = memchr(R.buf, '\n', R.len);
+		unsigned char *nl = memchr(B->read, '\n', R.len);
 		if (nl != NULL || R.len == 0) {
-			R.pos = nl ? (size_t)(nl - R.buf) + 1 : 0;
+			R.pos = nl ? (size_t)(nl - B->read) + 1 : 0;
 			l->len = R.base + R.pos - l->off;
 			return 1;
 		}
@@ -1244,7 +1271,7 @@ static int long_line(struct line *l)
 static int next_line(struct line *l)
 {
 	for (;;) {
-		unsigned char *start = R.buf + R.pos, *nl = memchr(start, '\n', R.len - R.pos);
+		unsigned char *start = B->read + R.pos, *nl = memchr(start, '\n', R.len - R.pos);
 		if (nl != NULL || (R.base + R.len >= R.end && R.pos < R.len)) {
 			l->off = R.base + R.pos;
 			l->len = nl ? (size_t)(nl - start) + 1 : R.len - R.pos;
@@ -1255,7 +1282,7 @@ static int next_line(struct line *l)
 		}
 		if (R.base + R.len >= R.end)
 			return 0;
-		if (R.pos == 0 && R.len == sizeof R.buf)
+		if (R.pos == 0 && R.len == sizeof B->read)
 			return long_line(l);
 		if (refill() != 0)
 			return -1;
@@ -1323,7 +1350,7 @@ static bool scan_fields(struct pass *p)
 
 /* A header field on its way: from the spool, or one a milter made. */
 struct item {
-	const struct field *field; /* NULL: E.list[edit] */
+	const struct field *field; /* NULL: B->edits.list[edit] */
 	size_t edit;
 };
 
@@ -1343,10 +1370,11 @@ struct pass {
 
 static bool same_name(const struct item *it, const struct edit *e)
 {
-	const char *name = it->field ? it->field->name : E.text + E.list[it->edit].name;
-	size_t len = it->field ? it->field->name_len : E.list[it->edit].name_len;
+	const char *name =
+		it->field ? it->field->name : B->edits.text + B->edits.list[it->edit].name;
+	size_t len = it->field ? it->field->name_len : B->edits.list[it->edit].name_len;
 
-	return len == e->name_len && strncasecmp(name, E.text + e->name, len) == 0;
+	return len == e->name_len && strncasecmp(name, B->edits.text + e->name, len) == 0;
 }
 
 /* An insert at index 0 or 1 goes right after our Received: (Postfix counts our field as 1, but
@@ -1360,7 +1388,7 @@ static uint32_t insert_before(const struct edit *e)
 static void pass_on(struct pass *p, struct item it, size_t from)
 {
 	for (size_t j = from; j < p->edits; j++) {
-		const struct edit *e = &E.list[j];
+		const struct edit *e = &B->edits.list[j];
 		if (p->state[j].done || e->kind == SMFIR_ADDHEADER)
 			continue;
 		if (e->kind == SMFIR_INSHEADER) {
@@ -1390,7 +1418,7 @@ static void pass_field(struct pass *p, const struct field *f)
 static void pass_end(struct pass *p)
 {
 	for (size_t j = 0; j < p->edits; j++) {
-		const struct edit *e = &E.list[j];
+		const struct edit *e = &B->edits.list[j];
 		if (p->state[j].done || (e->kind == SMFIR_CHGHEADER && e->value_len == 0))
 			continue;
 		p->state[j].done = true;
@@ -1417,43 +1445,43 @@ static void to_milter(struct pass *p, const struct item *it)
 
 	if (!going(m, p->v) || (m->steps & SMFIP_NOHDRS))
 		return;
-	begin(&P, SMFIC_HEADER);
+	begin(&B->pkt, SMFIC_HEADER);
 	if (it->field != NULL) {
 		const struct field *f = it->field;
 		room -= f->name_len;
-		ssize_t n = pread(M.msg.fd, M.in, f->len < room + 1 ? (size_t)f->len : room + 1,
+		ssize_t n = pread(M.msg.fd, B->in, f->len < room + 1 ? (size_t)f->len : room + 1,
 				  (off_t)f->off);
 		const unsigned char *colon =
 			n > (ssize_t)f->name_len
-				? memchr(M.in + f->name_len, ':', (size_t)n - f->name_len)
+				? memchr(B->in + f->name_len, ':', (size_t)n - f->name_len)
 				: NULL;
 		if (colon == NULL) {
 			p->v = fail(m, EV_HEADER, "io-error", p->r);
 			return;
 		}
 		value = (const char *)colon + 1;
-		len = (size_t)(M.in + n - colon - 1);
-		len -= (uint64_t)n == f->len && M.in[n - 1] == '\n';
-		put(&P, f->name, f->name_len);
+		len = (size_t)(B->in + n - colon - 1);
+		len -= (uint64_t)n == f->len && B->in[n - 1] == '\n';
+		put(&B->pkt, f->name, f->name_len);
 	} else {
-		const struct edit *e = &E.list[it->edit];
-		value = E.text + e->value, len = e->value_len;
-		put(&P, E.text + e->name, e->name_len);
+		const struct edit *e = &B->edits.list[it->edit];
+		value = B->edits.text + e->value, len = e->value_len;
+		put(&B->pkt, B->edits.text + e->name, e->name_len);
 	}
-	put(&P, "", 1);
+	put(&B->pkt, "", 1);
 	if (!(m->steps & SMFIP_HDR_LEADSPC) && len > 0 && value[0] == ' ')
 		value++, len--;
-	put(&P, value, len < room ? len : room);
-	put(&P, "", 1);
-	finish(P.b, P.len);
+	put(&B->pkt, value, len < room ? len : room);
+	put(&B->pkt, "", 1);
+	finish(B->pkt.b, B->pkt.len);
 	p->v = ask(m, EV_HEADER, false, p->r);
 }
 
 static enum milter_verdict body_chunk(struct milter *m, struct milter_reply *r)
 {
-	finish(P.b, P.len);
+	finish(B->pkt.b, B->pkt.len);
 	enum milter_verdict v = ask(m, EV_BODY, false, r);
-	begin(&P, SMFIC_BODY);
+	begin(&B->pkt, SMFIC_BODY);
 	return v;
 }
 
@@ -1464,19 +1492,19 @@ static enum milter_verdict send_body(struct milter *m, struct milter_reply *r)
 	enum milter_verdict v = MV_CONTINUE;
 	uint64_t off = M.msg.body;
 
-	begin(&P, SMFIC_BODY);
+	begin(&B->pkt, SMFIC_BODY);
 	while (off < M.msg.end && going(m, v) && m->skip != SMFIC_BODY) {
 		uint64_t want = M.msg.end - off;
-		ssize_t n = pread(M.msg.fd, R.buf, want < READ_BUF ? (size_t)want : READ_BUF,
+		ssize_t n = pread(M.msg.fd, B->read, want < READ_BUF ? (size_t)want : READ_BUF,
 				  (off_t)off);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			return fail(m, EV_BODY, "io-error", r);
-		const unsigned char *p = R.buf, *end = R.buf + n;
+		const unsigned char *p = B->read, *end = B->read + n;
 		off += (uint64_t)(end - p);
 		while (p < end && going(m, v) && m->skip != SMFIC_BODY) {
-			size_t room = 5 + MILTER_CHUNK_SIZE - P.len;
+			size_t room = 5 + MILTER_CHUNK_SIZE - B->pkt.len;
 			const unsigned char *nl = memchr(p, '\n', (size_t)(end - p));
 			size_t span = (size_t)((nl ? nl : end) - p),
 			       take = span < room ? span : room;
@@ -1484,13 +1512,13 @@ static enum milter_verdict send_body(struct milter *m, struct milter_reply *r)
 				v = body_chunk(m, r);
 				continue;
 			}
-			memcpy(P.b + P.len, p, take);
-			P.len += take, p += take;
-			if (p == nl && 5 + MILTER_CHUNK_SIZE - P.len >= 2)
-				P.b[P.len++] = '\r', P.b[P.len++] = '\n', p++;
+			memcpy(B->pkt.b + B->pkt.len, p, take);
+			B->pkt.len += take, p += take;
+			if (p == nl && 5 + MILTER_CHUNK_SIZE - B->pkt.len >= 2)
+				B->pkt.b[B->pkt.len++] = '\r', B->pkt.b[B->pkt.len++] = '\n', p++;
 		}
 	}
-	if (P.len > 5 && going(m, v) && m->skip != SMFIC_BODY)
+	if (B->pkt.len > 5 && going(m, v) && m->skip != SMFIC_BODY)
 		v = body_chunk(m, r);
 	return v;
 }
@@ -1500,7 +1528,7 @@ static enum milter_verdict end_event(struct milter *m, enum event e, struct milt
 {
 	macros_begin(events[e].cmd);
 	macro("i", M.id ? M.id : "");
-	begin(&P, events[e].cmd);
+	begin(&B->pkt, events[e].cmd);
 	seal();
 	return ask(m, e, true, r);
 }
@@ -1521,15 +1549,15 @@ static enum milter_verdict end_of_message(struct milter *m, struct milter_reply 
 {
 	struct exchange x = { .event = SMFIC_BODYEOB,
 			      .actions = m->actions,
-			      .edits = &E,
+			      .edits = &B->edits,
 			      .lead_space = (m->steps & SMFIP_HDR_LEADSPC) != 0 };
 
 	macros_begin(SMFIC_BODYEOB);
 	macro("i", M.id ? M.id : "");
-	begin(&P, SMFIC_BODYEOB);
+	begin(&B->pkt, SMFIC_BODYEOB);
 	seal();
 	m->skip = 0;
-	if (!queue(m, Mac.b, Mac.len) || !queue(m, P.b, P.len) || !flush(m))
+	if (!queue(m, Mac.b, Mac.len) || !queue(m, B->pkt.b, B->pkt.len) || !flush(m))
 		return fail(m, EV_EOB, errno_word(errno), r);
 	if (!take_replies(m, &x))
 		return fail(m, EV_EOB, x.error, r);
@@ -1544,7 +1572,7 @@ static enum milter_verdict feed(struct milter *m, struct milter_reply *r)
 {
 	static struct pass p;
 
-	p = (struct pass){ .edits = E.count, .sink = to_milter, .m = m, .r = r };
+	p = (struct pass){ .edits = B->edits.count, .sink = to_milter, .m = m, .r = r };
 	if (!scan_fields(&p))
 		return fail(m, EV_HEADER, "io-error", r);
 	if (going(m, p.v))
@@ -1560,7 +1588,7 @@ static enum milter_verdict feed(struct milter *m, struct milter_reply *r)
  * that failed are dropped with it. */
 static enum milter_verdict look(struct milter *m, struct milter_reply *r)
 {
-	size_t count = E.count, used = E.used;
+	size_t count = B->edits.count, used = B->edits.used;
 
 	switch (m->state) {
 	case MS_OFF: return MV_CONTINUE;
@@ -1574,7 +1602,7 @@ static enum milter_verdict look(struct milter *m, struct milter_reply *r)
 	enum milter_verdict v = feed(m, r);
 	M.phase_end = 0;
 	if (m->state != MS_OPEN)
-		E.count = count, E.used = used;
+		B->edits.count = count, B->edits.used = used;
 	return v;
 }
 
@@ -1585,7 +1613,7 @@ enum milter_verdict milter_message(struct md_txn *txn, size_t prefix_len, struct
 	M.msg = (struct message){ .fd = txn->spool_fd,
 				  .start = prefix_len,
 				  .end = txn->stored_bytes };
-	E.count = E.used = 0;
+	B->edits.count = B->edits.used = 0;
 	for (size_t i = 0; i < M.count && v == MV_CONTINUE && M.discarded_by == NULL; i++)
 		v = look(&M.list[i], r);
 	if (M.discarded_by != NULL) {
@@ -1599,22 +1627,23 @@ enum milter_verdict milter_message(struct md_txn *txn, size_t prefix_len, struct
 
 static bool out_flush(struct pass *p)
 {
-	if (!p->failed && P.len > 0 && write(p->fd, P.b, P.len) != (ssize_t)P.len)
+	if (!p->failed && B->pkt.len > 0 &&
+	    write(p->fd, B->pkt.b, B->pkt.len) != (ssize_t)B->pkt.len)
 		p->failed = true;
-	P.len = 0;
+	B->pkt.len = 0;
 	return !p->failed;
 }
 
 static void out_put(struct pass *p, const char *s, size_t n)
 {
-	if (n > sizeof P.b - P.len && !out_flush(p))
+	if (n > sizeof B->pkt.b - B->pkt.len && !out_flush(p))
 		return;
-	if (n > sizeof P.b) {
+	if (n > sizeof B->pkt.b) {
 		p->failed = true; /* never: a name and a value each fit in MILTER_EDIT_BYTES */
 		return;
 	}
-	memcpy(P.b + P.len, s, n);
-	P.len += n;
+	memcpy(B->pkt.b + B->pkt.len, s, n);
+	B->pkt.len += n;
 }
 
 /* A field into the new spool: one of the message's as it was, byte for byte, or "Name:value"
@@ -1627,10 +1656,10 @@ static void to_file(struct pass *p, const struct item *it)
 			p->failed = true;
 		return;
 	}
-	const struct edit *e = &E.list[it->edit];
-	out_put(p, E.text + e->name, e->name_len);
+	const struct edit *e = &B->edits.list[it->edit];
+	out_put(p, B->edits.text + e->name, e->name_len);
 	out_put(p, ":", 1);
-	out_put(p, E.text + e->value, e->value_len);
+	out_put(p, B->edits.text + e->value, e->value_len);
 	out_put(p, "\n", 1);
 }
 
@@ -1641,7 +1670,7 @@ static int write_head(int fd, void *ctx)
 	struct pass *p = ctx;
 
 	p->fd = fd;
-	P.len = 0;
+	B->pkt.len = 0;
 	if (md_copy_range(M.msg.fd, 0, M.msg.start, fd) != 0)
 		return -1;
 	if (!scan_fields(p))
@@ -1653,9 +1682,9 @@ enum md_result milter_apply(struct md_txn *txn)
 {
 	static struct pass p;
 
-	if (E.count == 0)
+	if (B->edits.count == 0)
 		return MD_OK;
-	p = (struct pass){ .edits = E.count, .sink = to_file };
+	p = (struct pass){ .edits = B->edits.count, .sink = to_file };
 	M.msg.fd = txn->spool_fd;
 	/* the header section's end is where the copy resumes: scan_fields finds it again */
 	return md_rewrite(txn, M.msg.header_end, write_head, &p);
