@@ -554,6 +554,15 @@ static void add_spec(struct text *t, const char *spec)
 	add_token(t, (const unsigned char *)spec, strlen(spec), LOG_LINE_MAX);
 }
 
+/* "KIND milter=SPEC stage=STAGE": how a milter's log line starts. */
+static void log_head(struct text *t, const char *kind, const char *spec, enum event e)
+{
+	text_add(t, kind);
+	add_spec(t, spec);
+	text_add(t, " stage=");
+	text_add(t, events[e].stage);
+}
+
 static void log_failed(const struct milter *m, enum event e, const char *error)
 {
 	static const char *const actions[] = { [MILTER_TEMPFAIL] = "tempfail",
@@ -562,10 +571,7 @@ static void log_failed(const struct milter *m, enum event e, const char *error)
 	char line[LOG_LINE_MAX];
 	struct text t = text_on(line, sizeof line);
 
-	text_add(&t, "milter-failed");
-	add_spec(&t, m->spec);
-	text_add(&t, " stage=");
-	text_add(&t, events[e].stage);
+	log_head(&t, "milter-failed", m->spec, e);
 	text_add(&t, " error=");
 	text_add(&t, error);
 	text_add(&t, " action=");
@@ -579,10 +585,7 @@ static void log_ignored(const struct milter *m, enum event e, char cmd)
 	char line[LOG_LINE_MAX];
 	struct text t = text_on(line, sizeof line);
 
-	text_add(&t, "milter-ignored");
-	add_spec(&t, m->spec);
-	text_add(&t, " stage=");
-	text_add(&t, events[e].stage);
+	log_head(&t, "milter-ignored", m->spec, e);
 	text_add(&t, " reply=");
 	text_add_n(&t, &cmd, 1);
 	log_text(L_WARN, line);
@@ -594,10 +597,7 @@ static void log_refused(const struct milter_reply *r, enum event e, const char *
 	char line[LOG_LINE_MAX];
 	struct text t = text_on(line, sizeof line);
 
-	text_add(&t, "milter-refused");
-	add_spec(&t, r->milter);
-	text_add(&t, " stage=");
-	text_add(&t, events[e].stage);
+	log_head(&t, "milter-refused", r->milter, e);
 	text_add(&t, " client=");
 	text_add(&t, M.cfg->client_addr[0] ? M.cfg->client_addr : "-");
 	if (helo != NULL) {

@@ -7,16 +7,11 @@
 load pipe
 
 setup() {
-	T=$(mktemp -d)
-	MD=$T/Maildir
-	x_maildir "$MD"
-	: >"$T/pids"
+	x_setup_with_pids
 }
 
 teardown() {
-	local p
-	for p in $(cat "$T/pids"); do x_stop_pid "$p"; done
-	rm -rf "$T"
+	x_teardown_with_pids
 }
 
 # m_start NAME [SCRIPT LINE]...: the scripted milter NAME on unix:$T/NAME.sock
@@ -61,6 +56,19 @@ m_expect() {
 # one message from a@example.org to b@example.net
 one_message() {
 	x_session "EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n$MESSAGE""QUIT\r\n"
+}
+
+# one message through milter m: every reply as without it, but the one after the data, $1
+m_data_answered() {
+	one_message
+	m_run m
+	m_expect "220 test.example ESMTP smtpd" EHLO "250 2.1.0 Ok" "250 2.1.5 Ok" \
+		"354 End data with <CR><LF>.<CR><LF>" "$1" "221 2.0.0 test.example closing"
+}
+
+# nothing in new/, nothing left in tmp/
+m_nothing_stored() {
+	[ "$(x_count "$MD")" -eq 0 ] && [ -z "$(ls "$MD/tmp")" ]
 }
 
 @test "events and macros: what the milter is sent, in order, with Postfix's macros; our Received: is not among the headers" {
@@ -193,21 +201,14 @@ one_message() {
 
 @test "eom: a reply code with its own text is the reply; nothing stored, nothing left in tmp/" {
 	m_start m 'eom reply:554\x205.7.0\x20Spam\x20score\x20100%%'
-	one_message
-	m_run m
-	m_expect "220 test.example ESMTP smtpd" EHLO "250 2.1.0 Ok" "250 2.1.5 Ok" \
-		"354 End data with <CR><LF>.<CR><LF>" "554 5.7.0 Spam score 100%" "221 2.0.0 test.example closing"
-	[ "$(x_count "$MD")" -eq 0 ]
-	[ -z "$(ls "$MD/tmp")" ]
+	m_data_answered "554 5.7.0 Spam score 100%"
+	m_nothing_stored
 }
 
 @test "eom: a reply text holding CRLF and '250 ok' reaches the client as its first line alone" {
 	m_start m 'eom reply:550\x205.7.1\x20No\r\n250\x20ok\r\n250\x202.0.0\x20x\x20delivered'
-	one_message
-	m_run m
-	m_expect "220 test.example ESMTP smtpd" EHLO "250 2.1.0 Ok" "250 2.1.5 Ok" \
-		"354 End data with <CR><LF>.<CR><LF>" "550 5.7.1 No" "221 2.0.0 test.example closing"
-	[ "$(x_count "$MD")" -eq 0 ]
+	m_data_answered "550 5.7.1 No"
+	m_nothing_stored
 }
 
 @test "eom: reply texts: a multi-line reply is its first line; a missing enhanced code is put in; control bytes become '?'" {
@@ -234,12 +235,8 @@ one_message() {
 
 @test "eom: discard answers 250 and stores nothing; the log says discarded and by which milter" {
 	m_start m "eom discard"
-	one_message
-	m_run m
-	m_expect "220 test.example ESMTP smtpd" EHLO "250 2.1.0 Ok" "250 2.1.5 Ok" \
-		"354 End data with <CR><LF>.<CR><LF>" "250 2.0.0 <id> delivered" "221 2.0.0 test.example closing"
-	[ "$(x_count "$MD")" -eq 0 ]
-	[ -z "$(ls "$MD/tmp")" ]
+	m_data_answered "250 2.0.0 <id> delivered"
+	m_nothing_stored
 	grep -q "discarded id=[0-9.MPQ]* milter=unix:$T/m.sock from=<a@example.org> recipients=1" "$T/err"
 	grep -q 'session .* messages=0 recipients=0 ' "$T/err"
 }

@@ -65,16 +65,11 @@ teardown_file() {
 }
 
 setup() {
-	T=$(mktemp -d)
-	MD=$T/Maildir
-	x_maildir "$MD"
-	: >"$T/pids"
+	x_setup_with_pids
 }
 
 teardown() {
-	local p
-	for p in $(cat "$T/pids"); do x_stop_pid "$p"; done
-	rm -rf "$T"
+	x_teardown_with_pids
 }
 
 # a message with what rspamd wants of a clean one (Date, Message-ID, MIME), CRLF line ends
