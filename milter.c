@@ -801,6 +801,9 @@ static enum milter_verdict verdict(struct milter *m, enum event e, const struct 
 	}
 	r->milter = m->spec;
 	text_copy(r->text, sizeof r->text, refusal_text(x));
+	/* 421 says the channel closes (RFC 5321 3.8), as it does at connect alone: else 451. */
+	if (e != EV_CONNECT && memcmp(r->text, "421", 3) == 0)
+		memcpy(r->text, "451", 3);
 	if (connection) {
 		hang_up(m);
 		m->state = MS_REFUSED;

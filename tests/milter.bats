@@ -162,6 +162,11 @@ m_nothing_stored() {
 		"221 2.0.0 test.example closing"
 	grep -q "milter-refused milter=unix:$T/m.sock stage=mail client=- from=<a@example.org> reply=451 code=4.7.1" "$T/err"
 	[ "$(m_show m | grep -c '^mail')" -eq 2 ]
+	# a 421 would say the session ends, and it does not: 451
+	m_start n 'mail reply:421\x204.7.0\x20Busy'
+	x_run -m "$MD" -t 10 -M "unix:$T/n.sock"
+	m_expect "220 test.example ESMTP smtpd" EHLO "451 4.7.0 Busy" "503 5.5.1 MAIL first" "451 4.7.0 Busy" \
+		"221 2.0.0 test.example closing"
 }
 
 @test "rcpt: a reject of the second of two refuses it alone; its Maildir gets nothing, the first gets the message" {
