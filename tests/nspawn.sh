@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 ROOTFS=${SMTPD_ROOTFS:-/var/cache/smtpd-test/bookworm-rootfs}
 # swaks needs libio-socket-inet6-perl for IPv6, and netbase (/etc/protocols) for that; the list is kept in the tree: a new list, a new tree
-PACKAGES=systemd,systemd-sysv,dbus,swaks,libio-socket-inet6-perl,netbase,python3
+PACKAGES=systemd,systemd-sysv,dbus,swaks,libio-socket-inet6-perl,netbase,python3,ucspi-tcp-ipv6
 BOOT_WAIT=60     # seconds for the container's systemd to finish booting
 STOP_WAIT=30     # seconds for a clean poweroff before SIGTERM, then SIGKILL
 NSPID="" STAGE="" JOB=""
