@@ -9,6 +9,12 @@ setup() {
 	CURSOR=$(in_ct journalctl -q -n 1 --show-cursor -o cat | sed -n 's/^-- cursor: //p')
 }
 
+teardown() {
+	[ "${RESTORE_SOCKET:-}" = yes ] || return 0
+	in_ct systemctl disable --now --quiet smtpd-tcpserver.service || true
+	in_ct systemctl enable --now --quiet smtpd.socket
+}
+
 in_ct() { timeout 60 nsenter -t "$CPID" -a "$@"; }
 client() { in_ct python3 /srv/stage/ct_client.py "$@"; }
 BOX=/var/mail/vhosts/example.org
@@ -260,6 +266,73 @@ s = socket.create_connection(("127.0.0.1", 25), 20); f = s.makefile("rb"); f.rea
 		[ "$status" -eq 0 ]
 		[ -n "$score" ]
 	done
+}
+
+# the first process of the container named $1 (no pgrep in the tree)
+pid_of() {
+	in_ct sh -c 'for d in /proc/[0-9]*; do [ "$(cat "$d/comm" 2>/dev/null)" = "$1" ] && { echo "${d#/proc/}"; break; }; done; true' - "$1"
+}
+
+# a TCP socket of the container's listening on port $1 (no ss in the tree)
+listening() { in_ct cat /proc/net/tcp /proc/net/tcp6 | grep -Eqi ":$(printf %04X "$1") [0-9A-F]+:0000 0A"; }
+
+@test "one sandbox for many sessions: README's block as written; tcpserver delivers over IPv4 and IPv6, smtpd holds no capability" {
+	local f i p u
+	RESTORE_SOCKET=yes # teardown, even when this fails: smtpd.socket back for what follows
+	# README's "One sandbox for many sessions", staged by tests/nspawn.sh
+	in_ct sh -euc 'cd /srv/stage && bash -ex readme/tcpserver.sh'
+	for i in $(seq 50); do listening 25 && break; sleep 0.1; done
+	[ "$(in_ct systemctl is-active smtpd-tcpserver.service)" = active ]
+	[ "$(in_ct systemctl is-active smtpd.socket)" = inactive ]
+	in_ct cmp /srv/stage/systemd/smtpd-tcpserver.service /etc/systemd/system/smtpd-tcpserver.service
+	run swaks_to 127.0.0.1 "via tcpserver over IPv4"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	f=$BOX/alice/new/$(newest $BOX/alice)
+	[ "$(in_ct stat -c '%U:%G %a' "$f")" = "vmail:vmail 600" ]
+	in_ct grep -qx 'Subject: via tcpserver over IPv4' "$f"
+	in_ct grep -q '^Received: from client.example (\[127.0.0.1\])$' "$f"
+	run swaks_to ::1 "via tcpserver over IPv6"
+	[ "$status" -eq 0 ]
+	f=$BOX/alice/new/$(newest $BOX/alice)
+	in_ct grep -q '^Received: from client.example (\[IPv6:::1\])$' "$f"
+	# a session held open: smtpd is tcpserver's child, with no capability left; tcpserver
+	# keeps CAP_NET_BIND_SERVICE (bit 10) for port 25
+	in_ct timeout 20 python3 -c '
+import socket, time
+s = socket.create_connection(("127.0.0.1", 25), 10); s.makefile("rb").readline(); time.sleep(5)' &
+	for i in $(seq 50); do p=$(pid_of smtpd); [ -n "$p" ] && break; sleep 0.1; done
+	[ -n "$p" ]
+	in_ct grep -E '^Cap(Prm|Eff|Amb):' "/proc/$p/status"
+	[ -z "$(in_ct grep -E '^Cap(Prm|Eff|Amb):' "/proc/$p/status" | grep -v '0000000000000000$')" ]
+	u=$(in_ct sed -n 's/^PPid:[[:space:]]*//p' "/proc/$p/status")
+	[ "$(in_ct cat "/proc/$u/comm")" = tcpserver ]
+	in_ct grep -q '^CapEff:.*0000000000000400$' "/proc/$u/status"
+	wait || true
+	# smtpd's lines in the journal, with their priorities, under the service
+	journal -u smtpd-tcpserver.service -t smtpd -p info..info -o cat | grep -q '^delivered id=.* to=<alice@example.org>'
+	# a session that cannot start (the store out of reach: 421, exit 75) leaves the service up
+	in_ct chmod 700 /var/mail
+	run in_ct timeout 20 python3 -c '
+import socket
+s = socket.create_connection(("127.0.0.1", 25), 10)
+print(s.makefile("rb").readline().decode().rstrip())'
+	in_ct chmod 2775 /var/mail
+	echo "$output"
+	[[ $output == "421 4.3.0 mx.example.org Mail store unavailable"* ]]
+	[ "$(in_ct systemctl is-active smtpd-tcpserver.service)" = active ]
+	run in_ct systemd-analyze security --no-pager --threshold=20 smtpd-tcpserver.service
+	echo "# in the container: smtpd-tcpserver.service exposure $(echo "$output" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')" >&3
+	[ "$status" -eq 0 ]
+	# back to the socket units (Conflicts= keeps the two from running at once)
+	in_ct systemctl disable --now --quiet smtpd-tcpserver.service
+	in_ct systemctl enable --now --quiet smtpd.socket
+	RESTORE_SOCKET=""
+	[ "$(in_ct systemctl is-active smtpd-tcpserver.service)" = inactive ]
+	[ "$(in_ct systemctl is-active smtpd.socket)" = active ]
+	run swaks_to 127.0.0.1 "back to smtpd.socket"
+	[ "$status" -eq 0 ]
+	wait_idle
 }
 
 @test "at the end: no session instance left; the two failures made on purpose are all" {
