@@ -46,8 +46,8 @@ tour_scripts() {
 	done
 	r_standins
 	cat >"$T/services.sh" <<'EOF'
-svc_xinetd() { r_daemon xinetd xinetd -dontfork -pidfile /run/xinetd.pid; r_wait_port 25; }
-svc_dovecot() { r_daemon dovecot dovecot -F; r_wait_port 143; }
+svc_xinetd() { r_daemon "$1" xinetd -dontfork -pidfile /run/xinetd.pid; r_wait_port 25; }
+svc_dovecot() { r_daemon "$1" dovecot -F; r_wait_port 143; }
 EOF
 	# What Debian's dovecot-core does on installation that the recipe relies on: a certificate
 	# (ssl-cert's snakeoil), as this machine's copy of /etc may lack one.
@@ -227,7 +227,7 @@ EOF
 	sed 's/ 0 2525 / 127.0.0.3 2525 /; s/mx1\.example\.org/mx2.example.org/' "$T/backend.sh" >"$T/mx2.sh"
 	sed -i 's/192\.0\.2\.11/127.0.0.2/; s/192\.0\.2\.12/127.0.0.3/' "$T/haproxy.sh"
 	cat >>"$T/services.sh" <<'EOF'
-svc_haproxy() { mkdir -p /run/haproxy; r_daemon haproxy haproxy -db -f /etc/haproxy/haproxy.cfg; r_wait_port 25; }
+svc_haproxy() { mkdir -p /run/haproxy; r_daemon "$1" haproxy -db -f /etc/haproxy/haproxy.cfg; r_wait_port 25; }
 EOF
 	cat >>"$T/ns.sh" <<'EOF'
 for mx in mx1 mx2; do setsid bash -e "$T/$mx.sh" </dev/null >"$T/$mx.log" 2>&1 3>&- & done
@@ -349,7 +349,7 @@ EOF
 	# a command line: s6-ucspitlsd followed by its options, or xinetd's server_args for it
 	lines=$(grep -nE 's6-ucspitlsd( +\\?-[A-Za-z]+( +[0-9]+)?)* +(\\-|-)-' "$ROOT/README.md" "$ROOT/smtpd.8" \
 		"$ROOT"/xinetd.d/* "$ROOT"/systemd/* "$ROOT"/examples/* 2>/dev/null || true)
-	lines+=$'\n'$(grep -n -A1 -E '^\s*server\s*=.*s6-ucspitlsd' "$ROOT/README.md" "$ROOT"/xinetd.d/* |
+	lines+=$'\n'$(grep -n -A1 -E '^\s*server\s*=.*s6-ucspitlsd' "$ROOT/README.md" "$ROOT/smtpd.8" "$ROOT"/xinetd.d/* |
 		grep -E 'server_args' || true)
 	printf '%s\n' "$lines"
 	[ "$(printf '%s\n' "$lines" | grep -c .)" -ge 5 ]
@@ -370,7 +370,7 @@ man_paragraphs() {
 		grep -v 'UCSPI-TLS' >"$T/starttls" || true
 	cat "$T/starttls"
 	[ ! -s "$T/starttls" ]
-	! grep -q "offers no .STARTTLS\|There is no TLS" "$ROOT/README.md" "$ROOT/smtpd.8" || false
+	! grep -q "offers no .STARTTLS\|There is no TLS and" "$ROOT/README.md" "$ROOT/smtpd.8" || false
 	# 550 5.1.3 is for names that parse; an unquoted leading dot is 501 5.1.3, in both
 	man_paragraphs | grep '550 5.1.3' | grep -q '501 5.1.3'
 	grep '^| `550 5.1.3`' "$ROOT/README.md" | grep -q 'quoted'

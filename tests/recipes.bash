@@ -23,8 +23,9 @@ r_block() { # TITLE [LANG] [N]
 }
 
 # The stand-ins, into $T/bin. systemctl knows a service by a function "svc_NAME" (dots and
-# dashes as _) that the test defines in $T/services.sh: it starts the service in the
-# background of the namespace, writes its pid to /run/test-NAME.pid and waits until it serves.
+# dashes as _) that the test defines in $T/services.sh: called with the unit's name (without
+# .service), it starts the service in the background of the namespace (r_daemon) and waits
+# until it serves. A "reload_NAME" function, when there is one, reloads a running service.
 r_standins() {
 	mkdir -p "$T/bin"
 	cat >"$T/bin/sudo" <<'EOF'
@@ -74,6 +75,10 @@ for unit in "$@"; do
 	*) echo "systemctl $verb: not expected here" >&2; exit 1 ;;
 	esac
 	declare -F "$fn" >/dev/null || { echo "systemctl: no stand-in for $unit" >&2; exit 1; }
+	if [ "$verb" = reload ] && declare -F "reload_${fn#svc_}" >/dev/null && [ -f "/run/test-$name.pid" ]; then
+		"reload_${fn#svc_}" || exit 1
+		continue
+	fi
 	stop "$name"
 	"$fn" "$name" || { echo "systemctl: $unit did not start" >&2; exit 1; }
 done
@@ -83,8 +88,8 @@ EOF
 	touch "$T/services.sh"
 }
 
-# For a svc_ function: runs "$@" in its own process group in the background, pid to the file
-# systemctl reads, output to $T/NAME.log.
+# For a svc_ function: runs CMD in its own process group in the background, its pid in the
+# file systemctl reads, its output appended to $T/NAME.log.
 r_daemon() { # NAME CMD...
 	local name=$1
 	shift
@@ -119,6 +124,9 @@ r_ns_setup() {
 	for d in /run /var/log /var/mail /var/spool /home; do mount -t tmpfs tmpfs "$d"; done
 	chmod 2775 /var/mail
 	chgrp mail /var/mail
+	for d in spool lib log; do # what the package itself makes there
+		[ ! -d "${R_PACKAGE:-/nonexistent}/var/$d" ] || cp -a "$R_PACKAGE/var/$d/." "/var/$d/"
+	done
 	r_private_dev
 	! id vmail >/dev/null 2>&1 || userdel vmail # in the copy: the recipe makes its own
 	export PATH="$T/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
