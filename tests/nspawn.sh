@@ -110,7 +110,8 @@ boot() {
 
 # README's blocks that run here, as written: step 2 of the ten-minute path (the user and the
 # store), "Under systemd", the LMTP units' line of "Behind Postfix, OpenSMTPD or Exim", and
-# "One sandbox for many sessions" (tests/systemd.bats runs that one).
+# for tests/systemd.bats "One sandbox for many sessions" and Postfix's socket drop-in (its
+# lines before Postfix's own).
 readme_blocks() {
 	# shellcheck source=tests/recipes.bash
 	. "$ROOT/tests/recipes.bash"
@@ -119,7 +120,8 @@ readme_blocks() {
 	r_block "Under systemd" >"$STAGE/readme/systemd.sh"
 	r_block "Behind Postfix, OpenSMTPD or Exim" >"$STAGE/readme/lmtp.sh"
 	r_block "One sandbox for many sessions" >"$STAGE/readme/tcpserver.sh"
-	for f in store systemd lmtp tcpserver; do [ -s "$STAGE/readme/$f.sh" ] || die "README has no block for $f"; done
+	r_block "Postfix" | sed '/^sudo postconf/,$d' >"$STAGE/readme/postfix-socket.sh"
+	for f in store systemd lmtp tcpserver postfix-socket; do [ -s "$STAGE/readme/$f.sh" ] || die "README has no block for $f"; done
 }
 
 # What an admin does after step 1 (the binary, copied: no compiler here): README's blocks, run in
