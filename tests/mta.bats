@@ -138,7 +138,7 @@ postconf -e 'smtpd_relay_restrictions = permit_mynetworks permit_sasl_authentica
 systemctl start postfix
 EOF
 	cat >>"$T/services.sh" <<'EOF'
-svc_postfix() { r_daemon "$1" postfix start-fg; r_wait_port 25; }
+svc_postfix() { r_daemon "$1" postfix start-fg; l_wait_listen 25; }
 reload_postfix() { postfix reload; }
 EOF
 	mta_ns "via Postfix"
@@ -202,7 +202,7 @@ update-exim4.conf
 systemctl start exim4
 EOF
 	cat >>"$T/services.sh" <<'EOF'
-svc_exim4() { r_daemon "$1" /usr/sbin/exim4 -bdf -q30m; r_wait_port 25; }
+svc_exim4() { r_daemon "$1" /usr/sbin/exim4 -bdf -q30m; l_wait_listen 25; }
 EOF
 	mta_ns "via Exim"
 	r_ns_run 180
@@ -232,7 +232,7 @@ printf 'postmaster: root\n' >/etc/aliases
 systemctl start opensmtpd
 EOF
 	cat >>"$T/services.sh" <<'EOF'
-svc_opensmtpd() { r_daemon "$1" /usr/sbin/smtpd -d -f /etc/smtpd.conf; r_wait_port 25; }
+svc_opensmtpd() { r_daemon "$1" /usr/sbin/smtpd -d -f /etc/smtpd.conf; l_wait_listen 25; }
 EOF
 	mta_ns "via OpenSMTPD"
 	r_ns_run 180

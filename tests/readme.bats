@@ -46,8 +46,8 @@ tour_scripts() {
 	done
 	r_standins
 	cat >"$T/services.sh" <<'EOF'
-svc_xinetd() { r_daemon "$1" xinetd -dontfork -pidfile /run/xinetd.pid; r_wait_port 25; }
-svc_dovecot() { r_daemon "$1" dovecot -F; r_wait_port 143; }
+svc_xinetd() { r_daemon "$1" xinetd -dontfork -pidfile /run/xinetd.pid; l_wait_listen 25; }
+svc_dovecot() { r_daemon "$1" dovecot -F; l_wait_listen 143; }
 EOF
 	# What Debian's dovecot-core does on installation that the recipe relies on: a certificate
 	# (ssl-cert's snakeoil), as this machine's copy of /etc may lack one.
@@ -173,19 +173,25 @@ base_steps() {
 	printf 'bash -e "$T/step1.sh" >/dev/null\nbash -e "$T/step2.sh"\n' >"$T/ns.sh"
 }
 
+# Appends to the namespace's script: COMMAND (a shell line) in the background, a message to
+# alice through port 25, COMMAND stopped; its output in $T/NAME.log.
+deliver_through() { # NAME COMMAND
+	cat >>"$T/ns.sh" <<EOF
+setsid $2 </dev/null >"\$T/$1.log" 2>&1 3>&- &
+l_wait_listen 25
+swaks --server 127.0.0.1 --to alice@example.org --h-Subject "via $1" >"\$T/swaks.out"
+kill -- -\$!
+cp /var/mail/vhosts/example.org/alice/new/* "\$T/"
+EOF
+}
+
 @test "readme: under tcpserver, the line as written delivers (in the background of the namespace)" {
 	r_need_root
 	need tcpserver swaks
 	base_steps
 	r_block "Under tcpserver" >"$T/tcpserver.sh"
 	grep -q '^sudo tcpserver .* 0 25 ' "$T/tcpserver.sh"
-	cat >>"$T/ns.sh" <<'EOF'
-setsid bash -e "$T/tcpserver.sh" </dev/null >"$T/tcpserver.log" 2>&1 3>&- &
-r_wait_port 25
-swaks --server localhost --to alice@example.org --h-Subject "via tcpserver" >"$T/swaks.out"
-kill -- -$!
-cp /var/mail/vhosts/example.org/alice/new/* "$T/"
-EOF
+	deliver_through tcpserver 'bash -e "$T/tcpserver.sh"'
 	r_ns_run 120
 	[ "$status" -eq 0 ]
 	grep -q '^Subject: via tcpserver' "$T"/*,S=*
@@ -202,13 +208,7 @@ EOF
 	r_block "Under inetd" "" 1 >"$T/inetd.conf"
 	[ "$(wc -l <"$T/inetd.conf")" -eq 1 ]
 	export INETD=$inetd
-	cat >>"$T/ns.sh" <<'EOF'
-setsid "$INETD" -d "$T/inetd.conf" </dev/null >"$T/inetd.log" 2>&1 3>&- &
-r_wait_port 25
-swaks --server 127.0.0.1 --to alice@example.org --h-Subject "via inetd" >"$T/swaks.out"
-kill -- -$!
-cp /var/mail/vhosts/example.org/alice/new/* "$T/"
-EOF
+	deliver_through inetd '"$INETD" -d "$T/inetd.conf"'
 	r_ns_run 120
 	[ "$status" -eq 0 ]
 	grep -q '^Subject: via inetd' "$T"/*,S=*
@@ -227,11 +227,11 @@ EOF
 	sed 's/ 0 2525 / 127.0.0.3 2525 /; s/mx1\.example\.org/mx2.example.org/' "$T/backend.sh" >"$T/mx2.sh"
 	sed -i 's/192\.0\.2\.11/127.0.0.2/; s/192\.0\.2\.12/127.0.0.3/' "$T/haproxy.sh"
 	cat >>"$T/services.sh" <<'EOF'
-svc_haproxy() { mkdir -p /run/haproxy; r_daemon "$1" haproxy -db -f /etc/haproxy/haproxy.cfg; r_wait_port 25; }
+svc_haproxy() { mkdir -p /run/haproxy; r_daemon "$1" haproxy -db -f /etc/haproxy/haproxy.cfg; l_wait_listen 25; }
 EOF
 	cat >>"$T/ns.sh" <<'EOF'
 for mx in mx1 mx2; do setsid bash -e "$T/$mx.sh" </dev/null >"$T/$mx.log" 2>&1 3>&- & done
-r_wait_port 2525
+l_wait_listen 2525
 bash -ex "$T/haproxy.sh"
 for i in 1 2; do
 	swaks --server 127.0.0.1 --local-interface 127.0.0.9 --to alice@example.org --h-Subject "via haproxy $i" >"$T/swaks.$i"
@@ -306,6 +306,7 @@ bash -e "$T/step4.sh"
 # s6-networking's programs where the lines name them: the stand-ins
 install -m 755 "$ROOT/tests/s6-standin.py" /usr/local/bin/s6-ucspitlsd
 install -m 755 "$ROOT/tests/s6-standin.py" /usr/local/bin/s6-tlsd-io
+install -m 644 "$ROOT/tests/ucspitls.py" /usr/local/bin/ucspitls.py
 # README's certificate paths; the key readable by vmail, as the xinetd lines say
 mkdir -p /etc/smtpd/tls
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=mx.example.org \

@@ -6,6 +6,9 @@
 # systemctl starts each service the recipes name in the foreground of the namespace: nothing
 # of this machine's is started, installed or changed.
 
+# shellcheck source=tests/launch.bash
+. "${BASH_SOURCE[0]%/*}/launch.bash"
+
 # The Nth (default 1st) block of language LANG ("sh", "ini", "" for a plain ```) in the section
 # of README.md whose heading reads exactly TITLE, at any level; the section ends at the next
 # heading of the same or a higher level (lines inside code blocks are never headings).
@@ -95,17 +98,6 @@ r_daemon() { # NAME CMD...
 	shift
 	setsid "$@" </dev/null >>"$T/$name.log" 2>&1 3>&- &
 	echo $! >"/run/test-$name.pid"
-}
-
-# until something listens on TCP port $1 (5 s at most)
-r_wait_port() {
-	local i
-	for i in $(seq 250); do
-		ss -Hltn "sport = :$1" | grep -q LISTEN && return 0
-		sleep 0.02
-	done
-	echo "nothing listening on port $1" >&2
-	return 1
 }
 
 # The namespace's first steps, run as its PID 1's shell: loopback up, the private copies.

@@ -9,7 +9,8 @@ s6-ucspitlsd [-S|-s] [-v N] [-K MS] [-Z|-z] [--] prog...
     for "Y" or "y" on the control socket, then execs "s6-tlsd-io", found through PATH as the
     real one finds it. Without it there: exit 111 (the program's STARTTLS then fails).
 s6-tlsd-io [-S|-s] [-v N] [-K MS] [-d NOTIF] -- FDR FDW
-    The TLS server on fds 0 and 1 with CERTFILE and KEYFILE; after the handshake writes
+    The TLS server on fds 0 and 1 with CERTFILE and KEYFILE (the handshake's bound is
+    tests/ucspitls.py's, whatever -K says); after the handshake writes
     "VAR=value\\0...\\0\\0" to NOTIF, then relays: what the program writes to FDR goes out
     encrypted, what the client sends comes out clear on FDW. When the program closes FDR,
     -S sends a TLS close_notify first, -s (the default) only half-closes TCP.
@@ -20,6 +21,8 @@ import select
 import socket
 import ssl
 import sys
+
+from ucspitls import details, drain, flush, handshake  # the other launcher's, beside this file
 
 DEFAULT_PATH = "/usr/bin:/bin"  # skalibs' SKALIBS_DEFAULTPATH, for a process without PATH
 IDLE_SECONDS = 60
@@ -75,47 +78,13 @@ def ucspitlsd(argv):
     die("s6-ucspitlsd", verbosity, 111, "unable to exec s6-tlsd-io: No such file or directory")
 
 
-def details(obj):
-    name, _, bits = obj.cipher()
-    items = ["SSL_PROTOCOL=" + obj.version(), "SSL_CIPHER=" + name,
-             "SSL_CIPHER_USEKEYSIZE=%d" % bits, "SSL_CIPHER_ALGKEYSIZE=%d" % bits]
-    return b"".join(i.encode() + b"\0" for i in items) + b"\0"
-
-
-def flush(net, outgoing):
-    data = outgoing.read()
-    if data:
-        net.sendall(data)
-
-
-def handshake(net, obj, incoming, outgoing, seconds):
-    net.settimeout(seconds)
-    while True:
-        try:
-            obj.do_handshake()
-            flush(net, outgoing)
-            net.settimeout(None)
-            return
-        except ssl.SSLWantReadError:
-            flush(net, outgoing)
-            data = net.recv(65536)
-            if not data:
-                raise ConnectionError("EOF in handshake")
-            incoming.write(data)
-
-
 def to_program(obj, fdw):
     """Clear text the session holds, written to the program; False once the client closed."""
-    while True:
-        try:
-            chunk = obj.read(65536)
-        except ssl.SSLWantReadError:
-            return True
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return False
-        if not chunk:
-            return False
-        os.write(fdw, chunk)
+    clear = bytearray()
+    client_open = drain(obj, clear)
+    if clear:
+        os.write(fdw, clear)
+    return client_open
 
 
 def relay(net, obj, incoming, outgoing, fdr, fdw, close_notify):
@@ -168,14 +137,14 @@ def tlsd_io(argv):
     net = socket.socket(fileno=os.dup(0))
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(incoming, outgoing, server_side=True)
-    kimeout = int(flags.get("-K", "0"))
     try:
-        handshake(net, obj, incoming, outgoing, kimeout / 1000 if kimeout else None)
+        handshake(net, obj, incoming, outgoing)
     except (OSError, ssl.SSLError, ConnectionError):
         sys.exit(98)
+    net.settimeout(None)
     if "-d" in flags:
         notif = int(flags["-d"])
-        os.write(notif, details(obj))
+        os.write(notif, details(obj, 0))
         os.close(notif)
     relay(net, obj, incoming, outgoing, fdr, fdw, "-S" in flags)
     os.close(fdw)

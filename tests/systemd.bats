@@ -29,6 +29,18 @@ failed_units() {
 	in_ct systemctl list-units --failed --plain --no-legend 'smtpd*'
 }
 
+# The greeting on port 25 with the store out of reach: smtpd answers 421 and exits 75.
+greeting_without_store() {
+	in_ct chmod 700 /var/mail
+	run in_ct timeout 20 python3 -c '
+import socket
+s = socket.create_connection(("127.0.0.1", 25), 10)
+print(s.makefile("rb").readline().decode().rstrip())'
+	in_ct chmod 2775 /var/mail
+	echo "$output"
+	[[ $output == "421 4.3.0 mx.example.org Mail store unavailable"* ]]
+}
+
 # until no session instance is left (10 s at most)
 wait_idle() {
 	local i
@@ -99,15 +111,7 @@ swaks_to() { # SERVER SUBJECT [RCPT]
 
 @test "instances: a start-up failure (exit 75) and a crash still mark the unit failed" {
 	local u i
-	# the store out of reach: smtpd answers 421 and exits 75
-	in_ct chmod 700 /var/mail
-	run in_ct timeout 20 python3 -c '
-import socket
-s = socket.create_connection(("127.0.0.1", 25), 10)
-print(s.makefile("rb").readline().decode().rstrip())'
-	in_ct chmod 2775 /var/mail
-	echo "$output"
-	[[ $output == "421 4.3.0 mx.example.org Mail store unavailable"* ]]
+	greeting_without_store
 	for i in $(seq 100); do [ -n "$(failed_units)" ] && break; sleep 0.1; done
 	failed_units | grep -q "Failed with result 'exit-code'"
 	journal --after-cursor="$CURSOR" -u 'smtpd@*' -o cat | grep -q 'status=75/TEMPFAIL'
@@ -314,14 +318,7 @@ s = socket.create_connection(("127.0.0.1", 25), 10); s.makefile("rb").readline()
 	# smtpd's lines in the journal, with their priorities, under the service
 	journal -u smtpd-tcpserver.service -t smtpd -p info..info -o cat | grep -q '^delivered id=.* to=<alice@example.org>'
 	# a session that cannot start (the store out of reach: 421, exit 75) leaves the service up
-	in_ct chmod 700 /var/mail
-	run in_ct timeout 20 python3 -c '
-import socket
-s = socket.create_connection(("127.0.0.1", 25), 10)
-print(s.makefile("rb").readline().decode().rstrip())'
-	in_ct chmod 2775 /var/mail
-	echo "$output"
-	[[ $output == "421 4.3.0 mx.example.org Mail store unavailable"* ]]
+	greeting_without_store
 	[ "$(in_ct systemctl is-active smtpd-tcpserver.service)" = active ]
 	run in_ct systemd-analyze security --no-pager --threshold=20 smtpd-tcpserver.service
 	echo "# in the container: smtpd-tcpserver.service exposure $(echo "$output" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')" >&3
