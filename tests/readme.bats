@@ -550,6 +550,17 @@ EOF
 	[ -z "$(ls "$s/mix/new")" ]
 }
 
+@test "readme: the pipe at the top, a catch-all with -d, delivers into ./Maildir, made there" {
+	r_block "smtpd" sh 2 | sed "s#^    \./smtpd #    $SMTPD #" >"$T/pipe.sh"
+	grep -q -- ' -d example.net -m ./Maildir$' "$T/pipe.sh"
+	cd "$T"
+	run bash -e pipe.sh
+	echo "$output"
+	[ "$status" -eq 0 ]
+	echo "$output" | grep -q '^250 2.0.0 .* delivered'
+	grep -qx 'Subject: hi' "$T"/Maildir/new/*
+}
+
 @test "readme: the static size README gives is within 5 % of what make static prints" {
 	command -v musl-gcc >/dev/null || skip "musl-gcc (musl-tools) not installed"
 	doc=$(grep '^| x86-64 (`make static`) | musl' "$ROOT/README.md" | awk -F'|' '{print $4}' | tr -dc 0-9)
