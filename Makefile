@@ -114,7 +114,8 @@ bench: smtpd smtpd-static
 check-systemd: smtpd
 	bash tests/nspawn.sh check
 
-# A benchmark, not a test: the shipped unit against the same unit without its sandbox.
+# A benchmark, not a test: the shipped unit against the same unit without its sandbox and
+# against smtpd-tcpserver.service (bench/README.md).
 bench-systemd: smtpd
 	bash tests/nspawn.sh bench
 

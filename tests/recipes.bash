@@ -122,7 +122,7 @@ r_ns_setup() {
 	r_private_dev
 	! id vmail >/dev/null 2>&1 || userdel vmail # in the copy: the recipe makes its own
 	export PATH="$T/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-	cd "$ROOT"
+	cd "$ROOT" || return 1
 }
 
 # A /dev of the namespace's own, so that syslog lines (smtpd under xinetd and inetd) reach a
@@ -153,6 +153,7 @@ r_ns_run() { # SECONDS
 	run timeout "$1" env T="$T" ROOT="$ROOT" R_PACKAGE="${R_PACKAGE:-}" \
 		unshare --mount --net --pid --fork --kill-child --mount-proc \
 		bash -c '. "$ROOT/tests/recipes.bash" && set -eu && r_ns_setup && . "$T/ns.sh"'
+	# shellcheck disable=SC2154 # bats' run sets output
 	echo "$output"
 }
 
