@@ -235,6 +235,13 @@ EOF
 svc_opensmtpd() { r_daemon "$1" /usr/sbin/smtpd -d -f /etc/smtpd.conf; l_wait_listen 25; }
 EOF
 	mta_ns "via OpenSMTPD"
+	cat >>"$T/ns.sh" <<'EOF'
+# the addresses listed instead of the domain: the others are refused at RCPT
+sed -i 's/"@example.org" = "vmail"/"alice@example.org" = "vmail"/' /etc/smtpd.conf
+grep -q '"alice@example.org" = "vmail"' /etc/smtpd.conf
+systemctl restart opensmtpd
+swaks --server 127.0.0.1 --to nobody@example.org >"$T/swaks.listed" 2>&1 || true
+EOF
 	r_ns_run 180
 	cat "$T/opensmtpd.log"
 	[ "$status" -eq 0 ]
@@ -245,4 +252,5 @@ EOF
 	grep -q 'mda delivery .* to=<alice@example.org> rcpt=<alice@example.org> user=vmail .* result=Ok' "$T/opensmtpd.log"
 	# what README says of an unknown user: a temporary failure to OpenSMTPD 6.8
 	grep -q 'mda delivery .* to=<nobody@example.org> .* result=TempFail .*550 5.1.1 No such user' "$T/opensmtpd.log"
+	grep -q '^<\*\* *524 5.2.4 .*<nobody@example.org>' "$T/swaks.listed"
 }
