@@ -114,18 +114,22 @@ bench: smtpd smtpd-static
 check-systemd: smtpd
 	bash tests/nspawn.sh check
 
-# A benchmark, not a test: the shipped unit against the same unit without its sandbox.
+# A benchmark, not a test: the shipped unit against the same unit without its sandbox and
+# against smtpd-tcpserver.service (bench/README.md).
 bench-systemd: smtpd
 	bash tests/nspawn.sh bench
 
+# The examples through ./smtpd a line at a time, into a store of three Maildirs: bob, carol and
+# postmaster of demo.example. The template makes them the user database.
+DEMO_STORE = demo/vhosts/demo.example
 demo: smtpd
-	@rm -rf demo && mkdir demo
+	@rm -rf demo
+	@for u in bob carol postmaster; do mkdir -p $(DEMO_STORE)/$$u/cur $(DEMO_STORE)/$$u/new $(DEMO_STORE)/$$u/tmp; done
+	@echo "# the store: $(DEMO_STORE)/{bob,carol,postmaster}, a Maildir each"
 	@for t in examples/*.txt; do \
-		echo "== $$t: ./smtpd -h demo.example -m ./demo/Maildir < $$t"; \
-		echo "-- sent (C:) and replies (S:)"; sed 's/^/C: /' $$t; \
-		./smtpd -h demo.example -m ./demo/Maildir < $$t 2>/dev/null | tr -d '\r' | sed 's/^/S: /'; \
-		echo; done
-	@for f in demo/Maildir/new/*; do echo "== $$f"; cat "$$f"; echo; done
+		echo "== $$t"; echo "\$$ ./smtpd -h demo.example -m 'demo/vhosts/%d/%u' < $$t"; \
+		bash examples/demo.sh $$t -h demo.example -m 'demo/vhosts/%d/%u' || exit 1; echo; done
+	@for f in demo/vhosts/*/*/new/*; do echo "== $$f"; cat "$$f"; echo; done
 
 # What an admin installs is the fast build: static musl when musl-gcc is there (no dynamic
 # loader at each session's start: see bench/README.md), else the glibc build.
@@ -136,8 +140,10 @@ install: $(INSTALL_BIN)
 	install -m 755 $(INSTALL_BIN) $(DESTDIR)$(PREFIX)/sbin/smtpd
 	install -m 644 smtpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/smtpd.8
 
+# man8/ goes too when smtpd.8 was all it held: install made it, and rmdir takes only an empty one.
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/sbin/smtpd $(DESTDIR)$(PREFIX)/share/man/man8/smtpd.8
+	@[ ! -d $(DESTDIR)$(PREFIX)/share/man/man8 ] || rmdir $(DESTDIR)$(PREFIX)/share/man/man8 2>/dev/null || true
 
 format:
 	clang-format -i $(SRC) smtp.h

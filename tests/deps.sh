@@ -12,7 +12,7 @@ time valgrind mandoc faketime clang-format iproute2 util-linux systemd clang lib
 netcat-openbsd openssl bsdutils debootstrap systemd-container
 qemu-user-static gcc-arm-linux-gnueabihf libc6-dev-armhf-cross gcc-mips-linux-gnu libc6-dev-mips-cross
 libbsd0 libevent-2.1-7 libtirpc3 libwrap0
-rspamd opendkim dnsmasq-base inotify-tools"
+rspamd opendkim dnsmasq-base inotify-tools libidn12 libgnutls-dane0"
 policy=/usr/sbin/policy-rc.d
 
 # openbsd-inetd conflicts with xinetd as a package, and installing it would start it: it is

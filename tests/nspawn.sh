@@ -2,6 +2,7 @@
 # smtpd under a real systemd as PID 1: a Debian 12 container booted with systemd-nspawn.
 #   tests/nspawn.sh check   boot it, install smtpd and the shipped units, run tests/systemd.bats
 #   tests/nspawn.sh bench   boot it, measure the shipped unit against the same unit unsandboxed
+#                           and against smtpd-tcpserver.service (one sandbox for every session)
 # The root file system is made once with debootstrap (minbase) into $SMTPD_ROOTFS, outside the
 # source tree, and reused; the container writes only to a tmpfs overlay (--volatile=overlay).
 # The container is powered off and every process started here ended, even on interrupt.
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 ROOTFS=${SMTPD_ROOTFS:-/var/cache/smtpd-test/bookworm-rootfs}
 # swaks needs libio-socket-inet6-perl for IPv6, and netbase (/etc/protocols) for that; the list is kept in the tree: a new list, a new tree
-PACKAGES=systemd,systemd-sysv,dbus,swaks,libio-socket-inet6-perl,netbase,python3
+PACKAGES=systemd,systemd-sysv,dbus,swaks,libio-socket-inet6-perl,netbase,python3,ucspi-tcp-ipv6
 BOOT_WAIT=60     # seconds for the container's systemd to finish booting
 STOP_WAIT=30     # seconds for a clean poweroff before SIGTERM, then SIGKILL
 NSPID="" STAGE="" JOB=""
@@ -85,6 +86,7 @@ boot() {
 	cp -r "$ROOT/systemd" "$STAGE/systemd"
 	cp "$ROOT/tests/ct_client.py" "$STAGE/"
 	cp "$ROOT/tests/milter.py" "$STAGE/"
+	readme_blocks
 	trap stop EXIT
 	trap 'exit 130' INT TERM
 	systemd-nspawn -q -b -D "$ROOTFS" -M "smtpdtest$$" --register=no --keep-unit \
@@ -107,16 +109,40 @@ boot() {
 	export CPID
 }
 
-# What an admin does after copying the files: a user owning the store, one Maildir, the units.
+# README's blocks that run here, as written: step 2 of the ten-minute path (the user and the
+# store), "Under systemd", the LMTP units' line of "Behind Postfix, OpenSMTPD or Exim", and
+# for tests/systemd.bats "One sandbox for many sessions" and Postfix's socket drop-in (its
+# lines before Postfix's own).
+readme_blocks() {
+	# shellcheck source=tests/recipes.bash
+	. "$ROOT/tests/recipes.bash"
+	mkdir "$STAGE/readme"
+	r_block "2. The mail user and the store" >"$STAGE/readme/store.sh"
+	r_block "Under systemd" >"$STAGE/readme/systemd.sh"
+	r_block "Behind Postfix, OpenSMTPD or Exim" >"$STAGE/readme/lmtp.sh"
+	r_block "One sandbox for many sessions" >"$STAGE/readme/tcpserver.sh"
+	r_block "Postfix" | sed '/^sudo postconf/,$d' >"$STAGE/readme/postfix-socket.sh"
+	for f in store systemd lmtp tcpserver postfix-socket; do [ -s "$STAGE/readme/$f.sh" ] || die "README has no block for $f"; done
+	r_block "Filtering" ini 1 >"$STAGE/readme/milter-unix.conf"
+	r_block "Filtering" ini 2 >"$STAGE/readme/milter-inet.conf"
+	for f in milter-unix milter-inet; do [ -s "$STAGE/readme/$f.conf" ] || die "README has no block for $f"; done
+}
+
+# What an admin does after step 1 (the binary, copied: no compiler here): README's blocks, run in
+# the staged tree with stand-ins for sudo (root already) and apt-get (the packages are in the
+# tree, and the container has no network).
 install_smtpd() {
 	in_ct sh -euc '
-		useradd -r -d /var/mail/vhosts -s /usr/sbin/nologin vmail
-		install -d -o vmail -g vmail -m 700 /var/mail/vhosts /var/mail/vhosts/example.org
-		for d in cur new tmp; do install -d -o vmail -g vmail -m 700 /var/mail/vhosts/example.org/alice/$d; done
 		install -m 755 /srv/stage/smtpd /usr/local/sbin/smtpd
-		cp /srv/stage/systemd/* /etc/systemd/system/
-		systemctl daemon-reload
-		systemctl enable --now smtpd.socket smtpd-lmtp.socket 2>/dev/null'
+		printf "#!/bin/sh\nexec \"\$@\"\n" >/usr/local/bin/sudo
+		printf "#!/bin/sh\n[ \"\$1\" = install ] || exit 1\nshift\nfor p; do dpkg -s \"\$p\" >/dev/null || exit 1; done\n" \
+			>/usr/local/bin/apt-get
+		chmod 755 /usr/local/bin/sudo /usr/local/bin/apt-get
+		cd /srv/stage
+		bash -e readme/store.sh
+		bash -e readme/systemd.sh
+		bash -e readme/lmtp.sh
+		systemctl enable --now smtpd-lmtp.socket 2>/dev/null'
 }
 
 # A variant of the shipped unit on its own port: NAME PORT SED-SCRIPT (applied to the service).
@@ -137,18 +163,40 @@ bench_one() { # NAME PORT
 	done
 }
 
+# smtpd-tcpserver.service on its own port, beside smtpd.socket (so without its Conflicts=)
+install_tcpserver_variant() { # PORT
+	in_ct sh -euc "
+		sed -e 's/ 0 25 / 0 $1 /' -e '/^Conflicts=/d' /srv/stage/systemd/smtpd-tcpserver.service \\
+			>/etc/systemd/system/smtpd-tcpserver-bench.service
+		systemctl daemon-reload
+		systemctl start smtpd-tcpserver-bench.service"
+	for _ in $(seq 100); do # a socket in state 0A (LISTEN) on the port; no ss in the tree
+		in_ct cat /proc/net/tcp /proc/net/tcp6 | grep -Eqi ":$(printf %04X "$1") [0-9A-F]+:0000 0A" && return 0
+		sleep 0.1
+	done
+	die "smtpd-tcpserver-bench.service: nothing listening on port $1"
+}
+
+exposure() { # UNIT
+	in_ct systemd-analyze security --no-pager "$1" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p'
+}
+
 # The shipped unit; the same without its sandbox (the lines from "NoNewPrivileges=" to the
-# end go); and for each word of $BENCH_WITHOUT (a key, or keys joined by commas) the shipped
-# unit without those keys alone.
+# end go); smtpd-tcpserver.service; and for each word of $BENCH_WITHOUT (a key, or keys joined
+# by commas) the shipped unit without those keys alone.
 bench() {
 	local port=2600 k
 	BENCH_N=${BENCH_SESSIONS:-100}
 	in_ct sh -euc 'install -d -o vmail -g vmail -m 700 /var/mail/vhosts/example.org/bench
 		for d in cur new tmp; do install -d -o vmail -g vmail -m 700 /var/mail/vhosts/example.org/bench/$d; done'
 	install_variant bare 2526 '/^NoNewPrivileges=/,$d'
+	install_tcpserver_variant 2527
 	echo "# $(in_ct systemctl --version | head -n 1), $(nproc) CPUs, $BENCH_N one-message sessions"
+	echo "# exposure: shipped $(exposure smtpd@0.service), no-sandbox $(exposure smtpd-bare@0.service)," \
+		"tcpserver $(exposure smtpd-tcpserver-bench.service)"
 	bench_one shipped 25
 	bench_one no-sandbox 2526
+	bench_one tcpserver 2527
 	for k in ${BENCH_WITHOUT:-}; do # KEY or KEY,KEY,... (removed together)
 		install_variant "w$port" "$port" "/^\(${k//,/\\|}\)=/d"
 		bench_one "without $k" "$port"

@@ -1,15 +1,21 @@
 #!/usr/bin/env bats
-# README's promises, tested as written: the xinetd, virtual-domain and "from outside" shell
-# blocks run unchanged in private namespaces (network, mounts, PIDs) where /etc, /usr/local,
-# /run, /var/log and /var/mail are private copies, then Dovecot reads the store as vmail;
-# what make check installs; the security model as root; the static size; make demo, make
-# uninstall, and the summary line of tests/run.sh.
+# README's promises, tested as written. Its blocks, taken out by heading (tests/recipes.bash),
+# run unchanged in private namespaces (network, mounts, PIDs) where /etc, /usr/local, /run,
+# /var and /home are private copies: the ten-minute path with xinetd and Dovecot, read back
+# over IMAP after a login; the probes; tcpserver, inetd and HAProxy; the TLS lines for
+# xinetd. Then what README and smtpd.8 say where they could disagree, what make check
+# installs, the security model as root, the static size, make demo, make uninstall, and
+# the summary line of tests/run.sh.
 
 load launch
+load recipes
 
 setup() {
 	ROOT=$(cd "$BATS_TEST_DIRNAME/.." && pwd)
 	SMTPD=${SMTPD:-$ROOT/smtpd}
+	case $SMTPD in /*) ;; *) SMTPD=$PWD/$SMTPD ;; esac
+	export SMTPD
+	export PW='a long secret'
 	T=$(mktemp -d)
 	chmod 755 "$T"
 }
@@ -18,134 +24,443 @@ teardown() {
 	rm -rf "$T"
 }
 
-IMAP_BIN=/usr/lib/dovecot/imap
-
-# The first ```sh block after the heading "## $1" of README.md.
-readme_block() {
-	awk -v h="## $1" '
-		$0 == h { in_sec = 1; next }
-		in_sec && /^## / { exit }
-		in_sec && $0 == "```sh" { in_blk = 1; next }
-		in_blk && $0 == "```" { exit }
-		in_blk { print }
-	' "$ROOT/README.md"
+need() {
+	local c
+	for c in "$@"; do command -v "$c" >/dev/null || skip "$c is not installed"; done
 }
 
-# What the namespace needs besides the blocks: sudo and systemctl stand-ins (this machine's
-# services are never asked), and the script run as PID 1 of the new PID namespace, so that
-# every process it leaves (xinetd, smtpd) is killed when it ends.
-write_namespace() {
-	mkdir -p "$T/bin" "$T/fs"
-	cat >"$T/bin/sudo" <<'EOF'
-#!/bin/sh
-# root already; "sudo -u USER cmd" runs cmd as USER
-if [ "$1" = -u ]; then u=$2; shift 2; exec runuser -u "$u" -- "$@"; fi
-exec "$@"
+# The blocks of the ten-minute path into $T ($1: a sed script for step 2), the stand-ins, and
+# the services its steps start: xinetd and Dovecot in the foreground of the namespace.
+tour_scripts() {
+	local f
+	r_block "1. Build and install" >"$T/step1.sh"
+	r_block "2. The mail user and the store" | sed "${1:-}" >"$T/step2.sh"
+	r_block "4. One launcher: xinetd" >"$T/step4.sh"
+	r_block "5. Dovecot" >"$T/step5.sh"
+	r_block "6. Test from outside" >"$T/step6.sh"
+	r_block "Which addresses it accepts" sh 2 >"$T/vdomain.sh"
+	r_block "Troubleshooting" >"$T/probe.sh"
+	r_block "Troubleshooting" "" 1 >"$T/probe.expected"
+	for f in step1 step2 step4 step5 step6 vdomain probe; do
+		[ -s "$T/$f.sh" ] || { echo "README has no block for $f"; return 1; }
+	done
+	r_standins
+	cat >"$T/services.sh" <<'EOF'
+svc_xinetd() { r_daemon "$1" xinetd -dontfork -pidfile /run/xinetd.pid; l_wait_listen 25; }
+svc_dovecot() { r_daemon "$1" dovecot -F; l_wait_listen 143; }
 EOF
-	cat >"$T/bin/systemctl" <<'EOF'
+	# What Debian's dovecot-core does on installation that the recipe relies on: a certificate
+	# (ssl-cert's snakeoil), as this machine's copy of /etc may lack one.
+	cat >"$T/postinst-dovecot-imapd" <<'EOF'
 #!/bin/sh
-# "systemctl reload xinetd": an xinetd of the namespace's own, in the foreground
-[ "$*" = "reload xinetd" ] || { echo "systemctl $*: not expected here" >&2; exit 1; }
-xinetd -dontfork -pidfile /run/xinetd.pid >"$T/xinetd.log" 2>&1 &
-for i in $(seq 250); do
-	ss -Hltn 'sport = :25' | grep -q LISTEN && exit 0
-	sleep 0.02
-done
-echo "xinetd is not listening on port 25" >&2
-exit 1
+set -e
+[ ! -e /etc/dovecot/private/dovecot.pem ] || exit 0
+[ -e /etc/ssl/certs/ssl-cert-snakeoil.pem ] || make-ssl-cert generate-default-snakeoil
+ln -s /etc/ssl/certs/ssl-cert-snakeoil.pem /etc/dovecot/private/dovecot.pem
+ln -s /etc/ssl/private/ssl-cert-snakeoil.key /etc/dovecot/private/dovecot.key
 EOF
-	chmod 755 "$T/bin/sudo" "$T/bin/systemctl"
+	chmod 755 "$T/postinst-dovecot-imapd"
+}
+
+# The namespace's script for the tour: the steps in order, the virtual domains, the probe,
+# then each line of step 6 with mx.example.org as localhost and alice's password on stdin.
+tour_ns() {
 	cat >"$T/ns.sh" <<'EOF'
-set -eu
-ip link set lo up
-# Everything the recipes write lands in this tmpfs, seen only in this mount namespace.
-mount -t tmpfs tmpfs "$T/fs"
-mkdir "$T/fs/etc" "$T/fs/up" "$T/fs/work"
-cp -a /etc/. "$T/fs/etc/"
-mount --bind "$T/fs/etc" /etc
-mount -t overlay overlay -o "lowerdir=/usr/local,upperdir=$T/fs/up,workdir=$T/fs/work" /usr/local
-for d in /run /var/log /var/mail; do mount -t tmpfs tmpfs "$d"; done
-chmod 2775 /var/mail
-userdel vmail >/dev/null 2>&1 || true # in the copy: the recipe makes its own
-export PATH="$T/bin:$PATH"
-cd "$ROOT"
-echo "--- xinetd recipe"
-bash -ex "$T/xinetd.sh"
-echo "--- virtual-domain recipe"
-bash -ex "$T/vdomain.sh"
-swaks --server localhost --to bob@example.net --h-Subject "to bob"
-swaks --server localhost --to robert@example.net --h-Subject "to robert"
-echo "--- from outside"
+step() { echo "--- $1"; shift; bash -ex "$@"; }
+step "step 1" "$T/step1.sh"
+step "step 2" "$T/step2.sh"
+step "step 4" "$T/step4.sh"
+printf '%s\n%s\n' "$PW" "$PW" | step "step 5" "$T/step5.sh"
+step "virtual domains" "$T/vdomain.sh"
+swaks --server localhost --to bob@example.net --h-Subject "to bob" >/dev/null
+swaks --server localhost --to robert@example.net --h-Subject "to robert" >/dev/null
+echo "--- the probe"
+rc=0
+bash -e "$T/probe.sh" >"$T/probe.out" 2>&1 || rc=$?
+echo "probe exit $rc" | tee -a "$T/probe.out"
+echo "--- step 6"
 n=0
 while IFS= read -r line; do
 	n=$((n + 1))
 	cmd=$(printf '%s\n' "$line" | sed 's/mx\.example\.org/localhost/g')
 	echo "\$ $cmd"
-	out=$(timeout 30 bash -c "$cmd" 2>&1) || true
-	printf '%s\n' "$out"
-	re=$(sed -n "${n}p" "$T/expect")
-	printf '%s\n' "$out" | grep -qE -- "$re" || { echo "command $n: no line matching $re"; exit 1; }
-done <"$T/outside.sh"
-[ "$n" = "$(wc -l <"$T/expect")" ] || { echo "$n commands, $(wc -l <"$T/expect") expected"; exit 1; }
-echo "--- Dovecot as vmail"
-mkdir -m 755 /run/dc
-printf 'mail_location = maildir:%s\nstats_writer_socket_path =\nlog_path = /dev/stderr\n' \
-	/var/mail/vhosts/example.org/alice >/run/dc/imap.conf
-printf 'a SELECT INBOX\r\nb FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\nc LOGOUT\r\n' |
-	timeout 30 setpriv --reuid=vmail --regid=vmail --clear-groups env -i USER=vmail \
-		HOME=/var/mail/vhosts /usr/lib/dovecot/imap -c /run/dc/imap.conf >"$T/imap.out" 2>"$T/dovecot.log" || true
-cat "$T/imap.out" "$T/dovecot.log"
+	timeout 30 bash -c "$cmd" <<<"$PW" >"$T/outside.$n" 2>&1 || true
+	cat "$T/outside.$n"
+done <"$T/step6.sh"
+curl -sS --ssl-reqd -k -u "alice@example.org:$PW" imap://localhost/INBOX -X 'SEARCH ALL' >"$T/imap.search" 2>&1 || true
 ls -lR /var/mail/vhosts >"$T/store.txt"
 cp /var/mail/vhosts/example.net/bob/new/* "$T/" 2>/dev/null || true
 ls /var/mail/vhosts/example.net/bob/new | wc -l >"$T/bob.count"
 EOF
 }
 
-# One run of the recipes: the README's blocks ($1: sed applied to the xinetd block).
-run_recipes() {
-	command -v unshare >/dev/null || skip "unshare (util-linux) not installed"
-	command -v xinetd >/dev/null || skip "xinetd not installed"
-	command -v swaks >/dev/null || skip "swaks not installed"
-	command -v nc >/dev/null || skip "nc (netcat-openbsd) not installed"
-	command -v openssl >/dev/null || skip "openssl not installed"
-	[ -x "$IMAP_BIN" ] || skip "Dovecot's imap ($IMAP_BIN) not installed"
-	[ "$(id -u)" = 0 ] || skip "needs root (namespaces, port 25, the vmail user)"
-	readme_block "Five minutes with xinetd" | sed "${1:-}" >"$T/xinetd.sh"
-	readme_block "Virtual domains" >"$T/vdomain.sh"
-	readme_block "Testing a setup from outside" >"$T/outside.sh"
-	[ -s "$T/xinetd.sh" ] && [ -s "$T/vdomain.sh" ] && [ -s "$T/outside.sh" ]
-	# What each line of "from outside" must print: the replies its comment names, then the
-	# 221 of a QUIT typed into nc, then openssl's word for a server without STARTTLS.
-	sed -n '1,3s/.*# \([245][0-9][0-9] .*\)$/\1/p' "$T/outside.sh" | sed 's/<id>/[^ ]+/; s/\./\\./g' >"$T/expect"
-	[ "$(wc -l <"$T/expect")" = 3 ]
-	printf '%s\n' '^221 ' "Didn't find STARTTLS" >>"$T/expect"
-	write_namespace
-	run timeout 300 env T="$T" ROOT="$ROOT" unshare --mount --net --pid --fork --kill-child \
-		--mount-proc bash "$T/ns.sh"
-	echo "$output"
+# What each line of step 6 printed: the replies its comment names (lines 1 to 3), then the
+# extensions, openssl's word for a server without STARTTLS, and the message through Dovecot.
+check_outside() {
+	local n=0 re
+	[ "$(wc -l <"$T/step6.sh")" -eq 6 ]
+	sed -n '1,3s/.*# \([245][0-9][0-9] .*\)$/\1/p' "$T/step6.sh" | sed 's/<id>/[^ ]+/; s/\./\\./g' >"$T/expect"
+	[ "$(wc -l <"$T/expect")" -eq 3 ]
+	printf '%s\n' '250.SMTPUTF8' "Didn't find STARTTLS" '^Subject: test' >>"$T/expect"
+	while IFS= read -r re; do
+		n=$((n + 1))
+		grep -qE -- "$re" "$T/outside.$n" || { echo "step 6, line $n: nothing matches $re"; return 1; }
+	done <"$T/expect"
 }
 
-@test "readme: the xinetd, virtual-domain and from-outside recipes run as written; Dovecot reads the store as vmail" {
-	run_recipes
+@test "readme: ten minutes, steps 1, 2, 4, 5, 6 as written: xinetd delivers, Dovecot serves the mail after a login" {
+	r_need_root
+	need xinetd swaks openssl curl dovecot doveadm make-ssl-cert
+	tour_scripts
+	tour_ns
+	r_ns_run 300
 	[ "$status" -eq 0 ]
-	# the xinetd swaks and the first "from outside" one, both to alice
-	grep -q '^\* 2 EXISTS' "$T/imap.out"
-	grep -q '^c OK' "$T/imap.out"
-	[ "$(grep -c '^Subject: test' "$T/imap.out")" -eq 2 ]
-	[ -z "$(grep -E 'Error:|Panic:|Fatal:' "$T/dovecot.log")" ]
+	check_outside
+	# both messages to alice (step 4's and step 6's); alice's login read the first back
+	grep -q '^\* SEARCH 1 2\b' "$T/imap.search"
+	[ -z "$(grep 'dovecot.*\(Error\|Panic\|Fatal\):' "$T/syslog")" ]
+	# the log line that shows a delivery, in syslog (xinetd: fd 2 is the client's socket)
+	grep -q 'smtpd\[[0-9]*\]: delivered id=.* to=<alice@example.org>' "$T/syslog"
 	# bob@ and robert@ (the alias) in one Maildir
 	[ "$(cat "$T/bob.count")" -eq 2 ]
 	grep -l '^Subject: to robert' "$T"/*,S=*
 	# every directory of the store is vmail's
 	grep -q '^d.* vmail vmail .* example.org$' "$T/store.txt"
 	[ -z "$(awk '/^d/ && $3 != "vmail"' "$T/store.txt")" ]
+	# the troubleshooting probe prints what the page shows, and exits 67 for bob
+	diff <(cat "$T/probe.expected"; echo "probe exit 67") "$T/probe.out"
 }
 
-@test "readme: control: the store made by the old recipe (only cur/ new/ tmp/ vmail's) fails in Dovecot" {
-	run_recipes 's#^sudo install -d -o vmail.*#sudo install -d -o vmail -g vmail -m 700 /var/mail/vhosts/example.org/alice/{cur,new,tmp}#; /^    \/var\/mail\/vhosts\/example.org\/alice /d'
-	cat "$T/xinetd.sh"
+@test "readme: control: the store made by the old step 2 (only cur/ new/ tmp/ vmail's) fails in Dovecot" {
+	r_need_root
+	need xinetd swaks openssl curl dovecot doveadm make-ssl-cert
+	tour_scripts 's#^sudo install -d -o vmail.*#sudo install -d -o vmail -g vmail -m 700 /var/mail/vhosts/example.org/alice/{cur,new,tmp}#; /^    \/var\/mail\/vhosts\/example.org\/alice /d'
+	cat "$T/step2.sh"
+	tour_ns
+	r_ns_run 300
 	[ "$status" -eq 0 ]
-	grep -E 'Error:.*(Permission denied|missing \+w perm)' "$T/dovecot.log"
+	grep -E 'dovecot.*Error:.*(Permission denied|missing \+w perm)' "$T/syslog"
+	! grep -q '^Subject: test' "$T/outside.6" || false
+}
+
+@test "readme: the Unix-accounts probe as written: -d refuses the other domain; without -d it is delivered" {
+	r_need_root
+	r_block "Which addresses it accepts" >"$T/probe.sh"
+	r_block "Which addresses it accepts" "" 1 >"$T/expected"
+	cat "$T/probe.sh" "$T/expected"
+	grep -q " -d example.org .*-m '/home/%u/Maildir'" "$T/probe.sh"
+	sed 's/ -d example.org / /' "$T/probe.sh" >"$T/probe-without.sh"
+	r_standins
+	cat >"$T/ns.sh" <<'EOF'
+install -m 755 "$SMTPD" /usr/local/sbin/smtpd
+useradd -m alice
+runuser -u alice -- mkdir -p /home/alice/Maildir/cur /home/alice/Maildir/new /home/alice/Maildir/tmp
+rc=0; bash -e "$T/probe.sh" >"$T/with" || rc=$?; echo "exit $rc" >>"$T/with"
+rc=0; bash -e "$T/probe-without.sh" >"$T/without" || rc=$?; echo "exit $rc" >>"$T/without"
+EOF
+	r_ns_run 60
+	[ "$status" -eq 0 ]
+	diff <(cat "$T/expected"; echo "exit 67") "$T/with"
+	diff <(printf '%s\n' "alice@example.org: deliver to /home/alice/Maildir" \
+		"alice@example.net: deliver to /home/alice/Maildir" "exit 0") "$T/without"
+}
+
+# The tcpserver, inetd and HAProxy recipes start after steps 1 and 2.
+base_steps() {
+	r_block "1. Build and install" >"$T/step1.sh"
+	r_block "2. The mail user and the store" >"$T/step2.sh"
+	r_standins
+	printf 'bash -e "$T/step1.sh" >/dev/null\nbash -e "$T/step2.sh"\n' >"$T/ns.sh"
+}
+
+# Appends to the namespace's script: COMMAND (a shell line) in the background, a message to
+# alice through port 25, COMMAND stopped; its output in $T/NAME.log.
+deliver_through() { # NAME COMMAND
+	cat >>"$T/ns.sh" <<EOF
+setsid $2 </dev/null >"\$T/$1.log" 2>&1 3>&- &
+l_wait_listen 25
+swaks --server 127.0.0.1 --to alice@example.org --h-Subject "via $1" >"\$T/swaks.out"
+kill -- -\$!
+cp /var/mail/vhosts/example.org/alice/new/* "\$T/"
+EOF
+}
+
+@test "readme: under tcpserver, the line as written delivers (in the background of the namespace)" {
+	r_need_root
+	need tcpserver swaks
+	base_steps
+	r_block "Under tcpserver" >"$T/tcpserver.sh"
+	grep -q '^sudo tcpserver .* 0 25 ' "$T/tcpserver.sh"
+	deliver_through tcpserver 'bash -e "$T/tcpserver.sh"'
+	r_ns_run 120
+	[ "$status" -eq 0 ]
+	grep -q '^Subject: via tcpserver' "$T"/*,S=*
+	grep -q '^Received: from .* (\[127.0.0.1\])' "$T"/*,S=*
+	grep -q 'smtpd\[[0-9]*\]: delivered id=' "$T/tcpserver.log"
+}
+
+@test "readme: under inetd, the line as written in Debian's openbsd-inetd delivers; smtpd logs to syslog" {
+	r_need_root
+	need swaks
+	local inetd=$ROOT/tests/.cache/openbsd-inetd/usr/sbin/inetd
+	[ -x "$inetd" ] || skip "openbsd-inetd not unpacked: run sh tests/deps.sh"
+	base_steps
+	r_block "Under inetd" "" 1 >"$T/inetd.conf"
+	[ "$(wc -l <"$T/inetd.conf")" -eq 1 ]
+	export INETD=$inetd
+	deliver_through inetd '"$INETD" -d "$T/inetd.conf"'
+	r_ns_run 120
+	[ "$status" -eq 0 ]
+	grep -q '^Subject: via inetd' "$T"/*,S=*
+	grep -q 'smtpd\[[0-9]*\]: delivered id=' "$T/syslog"
+}
+
+@test "readme: behind HAProxy, the backend line and the haproxy.cfg lines as written carry the client's address" {
+	r_need_root
+	need tcpserver swaks haproxy
+	base_steps
+	r_block "Behind HAProxy, and more than one machine" >"$T/backend.sh"
+	r_block "Behind HAProxy, and more than one machine" sh 2 >"$T/haproxy.sh"
+	grep -q ' 0 2525 ' "$T/backend.sh"
+	# the two backends of the page, 192.0.2.11 and .12, are 127.0.0.2 and .3 here
+	sed 's/ 0 2525 / 127.0.0.2 2525 /' "$T/backend.sh" >"$T/mx1.sh"
+	sed 's/ 0 2525 / 127.0.0.3 2525 /; s/mx1\.example\.org/mx2.example.org/' "$T/backend.sh" >"$T/mx2.sh"
+	sed -i 's/192\.0\.2\.11/127.0.0.2/; s/192\.0\.2\.12/127.0.0.3/' "$T/haproxy.sh"
+	cat >>"$T/services.sh" <<'EOF'
+svc_haproxy() { mkdir -p /run/haproxy; r_daemon "$1" haproxy -db -f /etc/haproxy/haproxy.cfg; l_wait_listen 25; }
+EOF
+	cat >>"$T/ns.sh" <<'EOF'
+for mx in mx1 mx2; do setsid bash -e "$T/$mx.sh" </dev/null >"$T/$mx.log" 2>&1 3>&- & done
+l_wait_listen 2525
+bash -ex "$T/haproxy.sh"
+for i in 1 2; do
+	swaks --server 127.0.0.1 --local-interface 127.0.0.9 --to alice@example.org --h-Subject "via haproxy $i" >"$T/swaks.$i"
+done
+cp /var/mail/vhosts/example.org/alice/new/* "$T/"
+EOF
+	r_ns_run 120
+	cat "$T"/haproxy.log || true
+	[ "$status" -eq 0 ]
+	[ "$(grep -l '^Subject: via haproxy' "$T"/*,S=* | wc -l)" -eq 2 ]
+	# the real client, not HAProxy's own address; round robin over both backends
+	[ "$(grep -c '^Received: from .* (\[127.0.0.9\])' "$T"/*,S=* | awk -F: '{s += $2} END {print s}')" -eq 2 ]
+	grep -q 'by mx1.example.org (smtpd)' "$T"/*,S=*
+	grep -q 'by mx2.example.org (smtpd)' "$T"/*,S=*
+}
+
+# The TLS block's lines in place of those of /etc/xinetd.d/smtpd that have their keys, the
+# others before its closing brace: FILE LINES
+xinetd_lines() {
+	awk 'NR == FNR { line[$1] = $0; order[++n] = $1; next }
+		$1 in line { print line[$1]; done[$1] = 1; next }
+		/^}/ { for (i = 1; i <= n; i++) if (!(order[i] in done)) print line[order[i]] }
+		{ print }' "$2" "$1" >"$1.new"
+	mv "$1.new" "$1"
+}
+
+@test "readme: TLS under xinetd, the lines as written: STARTTLS delivers and ends with close_notify; the old lines fail" {
+	r_need_root
+	need xinetd swaks openssl python3
+	tour_scripts
+	r_block "TLS" "" 1 >"$T/tls.lines"
+	cat "$T/tls.lines"
+	[ "$(wc -l <"$T/tls.lines")" -eq 3 ]
+	# the old lines: no -S, and no PATH in env
+	sed 's/ -S / /; s/= PATH=[^ ]* /= /' "$T/tls.lines" >"$T/old.lines"
+	! cmp -s "$T/tls.lines" "$T/old.lines" || false
+	cat >"$T/close.py" <<'EOF'
+import socket, ssl, sys
+s = socket.create_connection(("127.0.0.1", 25), 10)
+f = s.makefile("rb")
+def reply():
+    while True:
+        line = f.readline()
+        if line[3:4] != b"-":
+            return line.decode().rstrip()
+reply()
+s.sendall(b"EHLO client.example\r\n")
+reply()
+s.sendall(b"STARTTLS\r\n")
+print(reply())
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+try:
+    t = ctx.wrap_socket(s, suppress_ragged_eofs=False)
+    t.sendall(b"EHLO client.example\r\nQUIT\r\n")
+    data = b""
+    while True:
+        d = t.recv(4096)
+        if not d:
+            print("close_notify after", data.decode().splitlines()[-1])
+            break
+        data += d
+except ssl.SSLEOFError:
+    print("no close_notify")
+except (OSError, ssl.SSLError) as e:
+    print("handshake failed:", e)
+EOF
+	cat >"$T/ns.sh" <<'EOF'
+bash -e "$T/step1.sh" >/dev/null
+bash -e "$T/step2.sh"
+bash -e "$T/step4.sh"
+# s6-networking's programs where the lines name them: the stand-ins
+install -m 755 "$ROOT/tests/s6-standin.py" /usr/local/bin/s6-ucspitlsd
+install -m 755 "$ROOT/tests/s6-standin.py" /usr/local/bin/s6-tlsd-io
+install -m 644 "$ROOT/tests/ucspitls.py" /usr/local/bin/ucspitls.py
+# README's certificate paths; the key readable by vmail, as the xinetd lines say
+mkdir -p /etc/smtpd/tls
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=mx.example.org \
+	-keyout /etc/smtpd/tls/key.pem -out /etc/smtpd/tls/fullchain.pem 2>/dev/null
+chgrp vmail /etc/smtpd/tls/key.pem
+chmod 640 /etc/smtpd/tls/key.pem
+for lines in tls old; do
+	cp /etc/xinetd.d/smtpd "$T/smtpd.shipped"
+	xinetd_lines /etc/xinetd.d/smtpd "$T/$lines.lines"
+	cp /etc/xinetd.d/smtpd "$T/xinetd.$lines"
+	systemctl restart xinetd
+	: >"$T/syslog"
+	swaks --server localhost --tls --to alice@example.org --h-Subject "over TLS ($lines lines)" >"$T/swaks.$lines" 2>&1 || true
+	python3 "$T/close.py" >"$T/close.$lines" 2>&1
+	sleep 0.2
+	cp "$T/syslog" "$T/syslog.$lines"
+	cp "$T/smtpd.shipped" /etc/xinetd.d/smtpd
+done
+cp /var/mail/vhosts/example.org/alice/new/* "$T/"
+EOF
+	{ declare -f xinetd_lines; cat "$T/ns.sh"; } >"$T/ns.new" && mv "$T/ns.new" "$T/ns.sh"
+	r_ns_run 180
+	[ "$status" -eq 0 ]
+	cat "$T/xinetd.tls" "$T/swaks.tls" "$T/close.tls" "$T/syslog.tls"
+	# as written: delivered over TLS, and the session ends with a close_notify
+	grep -q '^<~  250 2\.0\.0 .* delivered' "$T/swaks.tls"
+	grep -q '^Subject: over TLS (tls lines)' "$T"/*,S=*
+	grep -q 'by mx.example.org (smtpd) with ESMTPS' "$(grep -l '^Subject: over TLS (tls lines)' "$T"/*,S=*)"
+	grep -qx 'close_notify after 221 2.0.0 mx.example.org closing' "$T/close.tls"
+	grep -q 'session .* end=quit .*tls=TLSv1' "$T/syslog.tls"
+	# the old lines: s6-ucspitlsd cannot find s6-tlsd-io, and STARTTLS fails after its 220
+	cat "$T/xinetd.old" "$T/swaks.old" "$T/close.old" "$T/syslog.old"
+	grep -q '^220 2.0.0 Ready to start TLS' "$T/close.old"
+	grep -q '^handshake failed' "$T/close.old"
+	grep -q 'session .* end=tls-failed' "$T/syslog.old"
+	! grep -q '^Subject: over TLS (old lines)' "$T"/*,S=* || false
+}
+
+@test "docs: every s6-ucspitlsd command line in README, smtpd.8, xinetd.d/ and systemd/ carries -S" {
+	local lines
+	# a command line: s6-ucspitlsd followed by its options, or xinetd's server_args for it
+	lines=$(grep -nE 's6-ucspitlsd( +\\?-[A-Za-z]+( +[0-9]+)?)* +(\\-|-)-' "$ROOT/README.md" "$ROOT/smtpd.8" \
+		"$ROOT"/xinetd.d/* "$ROOT"/systemd/* "$ROOT"/examples/* 2>/dev/null || true)
+	lines+=$'\n'$(grep -n -A1 -E '^\s*server\s*=.*s6-ucspitlsd' "$ROOT/README.md" "$ROOT/smtpd.8" "$ROOT"/xinetd.d/* |
+		grep -E 'server_args' || true)
+	printf '%s\n' "$lines"
+	[ "$(printf '%s\n' "$lines" | grep -c .)" -ge 5 ]
+	! printf '%s\n' "$lines" | grep . | grep -vE '(s6-ucspitlsd|server_args *=) +(-[A-Za-z]+ +([0-9]+ +)?)*-S ' || false
+}
+
+# smtpd.8 as text, one paragraph a line
+man_paragraphs() {
+	mandoc -T utf8 "$ROOT/smtpd.8" | col -b | awk 'BEGIN { RS = "" } { gsub(/\n */, " "); print }'
+}
+
+@test "docs: README and smtpd.8 agree on STARTTLS, 550 5.1.3 against 501 5.1.3, xinetd's instances, op= names" {
+	need mandoc
+	local readme
+	readme=$(awk 'BEGIN { RS = "" } { gsub(/\n */, " "); print }' "$ROOT/README.md")
+	# STARTTLS: wherever a paragraph says it is 502, it says under which launcher it is not
+	printf '%s\n' "$readme" "$(man_paragraphs)" | grep 'STARTTLS' | grep -E '502|no TLS' |
+		grep -v 'UCSPI-TLS' >"$T/starttls" || true
+	cat "$T/starttls"
+	[ ! -s "$T/starttls" ]
+	! grep -q "offers no .STARTTLS\|There is no TLS and" "$ROOT/README.md" "$ROOT/smtpd.8" || false
+	# 550 5.1.3 is for names that parse; an unquoted leading dot is 501 5.1.3, in both
+	man_paragraphs | grep '550 5.1.3' | grep -q '501 5.1.3'
+	grep '^| `550 5.1.3`' "$ROOT/README.md" | grep -q 'quoted'
+	grep '^| `501 5.1.3`' "$ROOT/README.md" | grep -q 'unquoted local part that starts with `.`'
+	# xinetd closes a connection past instances: the shipped file's comment and README say so
+	! grep -qi 'listen queue' "$ROOT/xinetd.d/smtpd" || false
+	grep -q 'closed at once' <(r_block_text "Under xinetd")
+	# every op= the troubleshooting table names is one mailbox.c logs
+	local op
+	for op in $(grep '^| ' "$ROOT/README.md" | grep -o 'op=[a-z-]*' | cut -d= -f2 | sort -u; grep -o '`\(link-into-tmp\|rename-into-new\|fsync-new\)`' "$ROOT/README.md" | tr -d '`'); do
+		grep -q "\"$op\"" "$ROOT/mailbox.c" || { echo "op=$op is not in mailbox.c"; false; }
+	done
+	# no command a Debian 12 machine lacks by default and the page does not install: nc -N
+	! grep -q 'nc -N' "$ROOT/README.md" || false
+}
+
+# the prose of README's section TITLE
+r_block_text() {
+	awk -v title="## $1" '$0 == title { s = 1; next } s && /^## / { exit } s { print }' "$ROOT/README.md"
+}
+
+@test "readme: the troubleshooting rows' examples get the row's reply: 550 5.1.3 and 501 5.1.3" {
+	local code row r n=0
+	mkdir -p "$T/s/x.example"
+	for code in "550 5.1.3" "501 5.1.3"; do
+		row=$(grep "^| \`$code\` /" "$ROOT/README.md")
+		for r in $(printf '%s\n' "$row" | grep -o '`[^` ]*@`' | tr -d '`'); do
+			n=$((n + 1))
+			printf 'HELO c\r\nMAIL FROM:<q@y>\r\nRCPT TO:<%sx.example>\r\nQUIT\r\n' "$r" |
+				"$SMTPD" -h h.example -m "$T/s/%d/%u" 2>/dev/null | sed -n 4p | tr -d '\r' >"$T/reply"
+			echo "$r: $(cat "$T/reply") (the row says $code)"
+			[ "$(cut -c1-9 "$T/reply")" = "$code" ]
+		done
+	done
+	[ "$n" -ge 7 ]
+}
+
+@test "readme: the troubleshooting row for tmp/: open-tmp when tmp/ cannot be opened, create-in-tmp when it cannot be written" {
+	[ "$(id -u)" = 0 ] || skip "needs root (setpriv to nobody)"
+	local s=$T/s/x.example box op
+	mkdir -p "$s"/{a,b}/{cur,new,tmp}
+	chown -R nobody "$T/s"
+	chown root "$s/a/tmp" "$s/b/tmp"
+	chmod 700 "$s/a/tmp"
+	chmod 755 "$s/b/tmp"
+	for box in a:open-tmp b:create-in-tmp; do
+		op=${box#*:}
+		box=${box%%:*}
+		printf 'HELO x\r\nMAIL FROM:<q@y>\r\nRCPT TO:<%s@x.example>\r\nDATA\r\n' "$box" |
+			setpriv --reuid=nobody --regid=nogroup --clear-groups "$SMTPD" -h h.example -m "$T/s/%d/%u" \
+				>"$T/out" 2>"$T/err" || true
+		cat "$T/out" "$T/err"
+		grep -q '^451 4.3.0' "$T/out"
+		grep -q "rejected .* path=$s/$box op=$op errno=EACCES reply=451 code=4.3.0" "$T/err"
+		grep '^| `451 4.3.0` at `DATA`' "$ROOT/README.md" | grep -q "op=$op"
+		setpriv --reuid=nobody --regid=nogroup --clear-groups "$SMTPD" -b -h h.example -m "$T/s/%d/%u" \
+			"$box@x.example" | grep -q 'tmp-not-writable$'
+	done
+}
+
+@test "readme: the shape: for whom, the two commands, the contents' links lead to headings; the reference is smtpd.8" {
+	local anchors link
+	head -n 3 "$ROOT/README.md" | grep -q '^smtpd .* for admins who'
+	[ "$(awk '/^## /{exit} /^make (demo|check) /' "$ROOT/README.md" | wc -l)" -eq 2 ]
+	# GitHub's anchors: lower case, punctuation dropped, spaces as -
+	anchors=$(awk '/^```/ { f = !f; next } !f && /^#+ / { sub(/^#+ /, ""); print tolower($0) }' "$ROOT/README.md" |
+		sed 's/[^a-z0-9 _-]//g; s/ /-/g')
+	for link in $(grep -o '](#[^)]*)' "$ROOT/README.md" | sed 's/^](#//; s/)$//'); do
+		printf '%s\n' "$anchors" | grep -qx -- "$link" || { echo "no heading for #$link"; false; }
+	done
+	for link in $(grep -o '](bench/README.md#[^)]*)' "$ROOT/README.md" | sed 's/.*#//; s/)$//'); do
+		awk '/^#+ / { sub(/^#+ /, ""); print tolower($0) }' "$ROOT/bench/README.md" |
+			sed 's/[^a-z0-9 _-]//g; s/ /-/g' | grep -qx -- "$link" || { echo "no heading in bench/README.md for #$link"; false; }
+	done
+	# the headings other parts of the project add text under
+	grep -qx '## Durability' "$ROOT/README.md"
+	grep -qx '### Delivering as root' "$ROOT/README.md"
+	grep -qx '## Troubleshooting' "$ROOT/README.md"
+	grep -qx '## TLS' "$ROOT/README.md"
+	# the recipes come before the reference-like parts, the tests and development last
+	[ "$(grep -n '^## Receive mail for your domain in ten minutes$' "$ROOT/README.md" | cut -d: -f1)" -lt 60 ]
+	[ "$(grep -n '^## Troubleshooting$' "$ROOT/README.md" | cut -d: -f1)" -lt "$(grep -n '^## What is tested$' "$ROOT/README.md" | cut -d: -f1)" ]
+	# no reference tables of smtpd.8's here, and no benchmark tables
+	! grep -qE '^## (Options|Limits|Exit status|Logging|Protocol)$' "$ROOT/README.md" || false
+	! grep -q '^| `-m TEMPLATE` |' "$ROOT/README.md" || false
+	! grep -qE '^\| (shipped|1 msg/session)' "$ROOT/README.md" || false
+	grep -q 'man ./smtpd.8' "$ROOT/README.md"
+	# the systemd recipe names what it needs instead of leaning on the xinetd one
+	r_block_text "Under systemd" | grep -q '^Steps 1 and 2 first'
 }
 
 @test "readme: the packages make check installs are the ones tests/deps.sh names" {
@@ -169,6 +484,7 @@ EOF
 	cat >"$T/bin/apt-get" <<'EOF'
 #!/bin/sh
 [ "$1" = update ] && exit 0
+[ "$1" = download ] && exit 0 # openbsd-inetd for tests/.cache (dpkg -x above unpacks nothing)
 /usr/sbin/policy-rc.d xinetd start; echo "policy says $?" >>"$T/apt.log"
 echo "install: $*" >>"$T/apt.log"
 mkdir -p /etc/systemd/system/multi-user.target.wants /etc/rc2.d
@@ -234,6 +550,17 @@ EOF
 	[ -z "$(ls "$s/mix/new")" ]
 }
 
+@test "readme: the pipe at the top, a catch-all with -d, delivers into ./Maildir, made there" {
+	r_block "smtpd" sh 2 | sed "s#^    \./smtpd #    $SMTPD #" >"$T/pipe.sh"
+	grep -q -- ' -d example.net -m ./Maildir$' "$T/pipe.sh"
+	cd "$T"
+	run bash -e pipe.sh
+	echo "$output"
+	[ "$status" -eq 0 ]
+	echo "$output" | grep -q '^250 2.0.0 .* delivered'
+	grep -qx 'Subject: hi' "$T"/Maildir/new/*
+}
+
 @test "readme: the static size README gives is within 5 % of what make static prints" {
 	command -v musl-gcc >/dev/null || skip "musl-gcc (musl-tools) not installed"
 	doc=$(grep '^| x86-64 (`make static`) | musl' "$ROOT/README.md" | awk -F'|' '{print $4}' | tr -dc 0-9)
@@ -247,24 +574,43 @@ EOF
 	[ $((built * 100 / doc)) -ge 95 ] && [ $((built * 100 / doc)) -le 105 ]
 }
 
-@test "readme: make demo shows each transcript's lines as sent and the replies" {
+@test "readme: make demo shows each line sent, then its reply; a refused recipient, the %d/%u template, the log" {
 	rm -rf "$T/src" && mkdir "$T/src" && cp -r "$ROOT"/*.c "$ROOT"/*.h "$ROOT/Makefile" "$ROOT/examples" "$T/src/"
 	run make -s -C "$T/src" demo
 	echo "$output"
 	[ "$status" -eq 0 ]
-	echo "$output" | grep -qx 'C: EHLO client.example'
-	echo "$output" | grep -qx 'C: RCPT TO:<carol@demo.example>'
+	# the command line shows the template
+	echo "$output" | grep -q '^\$ ./smtpd -h demo.example -m .*/%d/%u'
+	# each client line is followed by its reply, not all lines then all replies
+	echo "$output" | grep -A1 -x 'C: MAIL FROM:<alice@example.org>' | tail -n 1 | grep -qx 'S: 250 2.1.0 Ok'
+	echo "$output" | grep -A1 -x 'C: RCPT TO:<bob@demo.example>' | tail -n 1 | grep -qx 'S: 250 2.1.5 Ok'
+	echo "$output" | grep -A1 -x 'C: DATA' | grep -q '^S: 354 '
+	# refused: a user without a Maildir, a domain without a directory
+	echo "$output" | grep -A1 '^C: RCPT TO:<dave@demo.example>' | tail -n 1 | grep -qx 'S: 550 5.1.1 No such user'
+	echo "$output" | grep -A1 '^C: RCPT TO:<eve@elsewhere.example>' | tail -n 1 | grep -qx 'S: 550 5.7.1 Relaying denied'
 	echo "$output" | grep -qx 'S: 220 demo.example ESMTP smtpd'
 	[ "$(echo "$output" | grep -c '^S: 250 2.0.0 .* delivered$')" -eq 2 ]
 	[ "$(echo "$output" | grep -c '^S: 221 ')" -eq 2 ]
+	# the log lines, and where each message landed
+	echo "$output" | grep -q '^L: smtpd\[[0-9]*\]: refused .* to=<dave@demo.example> reply=550 code=5.1.1'
+	echo "$output" | grep -q '^L: smtpd\[[0-9]*\]: delivered id=.* to=<bob@demo.example>'
+	echo "$output" | grep -q '^L: smtpd\[[0-9]*\]: session .* end=quit'
+	echo "$output" | grep -q '^== demo/vhosts/demo.example/bob/new/'
 }
 
-@test "readme: make uninstall removes what make install put in place" {
+@test "readme: make uninstall removes what make install put in place, and the man8/ it made" {
 	rm -rf "$T/src" && mkdir "$T/src" && cp "$ROOT"/*.c "$ROOT"/*.h "$ROOT/Makefile" "$ROOT/smtpd.8" "$T/src/"
 	make -s -C "$T/src" install DESTDIR="$T/dest" PREFIX=/usr/local
 	[ -x "$T/dest/usr/local/sbin/smtpd" ] && [ -f "$T/dest/usr/local/share/man/man8/smtpd.8" ]
 	make -s -C "$T/src" uninstall DESTDIR="$T/dest" PREFIX=/usr/local
 	[ -z "$(find "$T/dest" -type f)" ]
+	[ ! -e "$T/dest/usr/local/share/man/man8" ]
+	# a man8/ with another page in it stays, with that page
+	make -s -C "$T/src" install DESTDIR="$T/dest" PREFIX=/usr/local
+	touch "$T/dest/usr/local/share/man/man8/other.8"
+	make -s -C "$T/src" uninstall DESTDIR="$T/dest" PREFIX=/usr/local
+	[ -f "$T/dest/usr/local/share/man/man8/other.8" ]
+	[ ! -e "$T/dest/usr/local/share/man/man8/smtpd.8" ]
 }
 
 @test "readme: tests/run.sh counts skipped tests apart from passed ones" {

@@ -9,6 +9,12 @@ setup() {
 	CURSOR=$(in_ct journalctl -q -n 1 --show-cursor -o cat | sed -n 's/^-- cursor: //p')
 }
 
+teardown() {
+	[ "${RESTORE_SOCKET:-}" = yes ] || return 0
+	in_ct systemctl disable --now --quiet smtpd-tcpserver.service || true
+	in_ct systemctl enable --now --quiet smtpd.socket
+}
+
 in_ct() { timeout 60 nsenter -t "$CPID" -a "$@"; }
 client() { in_ct python3 /srv/stage/ct_client.py "$@"; }
 BOX=/var/mail/vhosts/example.org
@@ -21,6 +27,18 @@ instances() { in_ct systemctl list-units --all --plain --no-legend 'smtpd@*' 'sm
 failed_units() {
 	journal --after-cursor="$CURSOR" -u 'smtpd*' -o cat | grep -F "Failed with result" || true
 	in_ct systemctl list-units --failed --plain --no-legend 'smtpd*'
+}
+
+# The greeting on port 25 with the store out of reach: smtpd answers 421 and exits 75.
+greeting_without_store() {
+	in_ct chmod 700 /var/mail
+	run in_ct timeout 20 python3 -c '
+import socket
+s = socket.create_connection(("127.0.0.1", 25), 10)
+print(s.makefile("rb").readline().decode().rstrip())'
+	in_ct chmod 2775 /var/mail
+	echo "$output"
+	[[ $output == "421 4.3.0 mx.example.org Mail store unavailable"* ]]
 }
 
 # until no session instance is left (10 s at most)
@@ -93,15 +111,7 @@ swaks_to() { # SERVER SUBJECT [RCPT]
 
 @test "instances: a start-up failure (exit 75) and a crash still mark the unit failed" {
 	local u i
-	# the store out of reach: smtpd answers 421 and exits 75
-	in_ct chmod 700 /var/mail
-	run in_ct timeout 20 python3 -c '
-import socket
-s = socket.create_connection(("127.0.0.1", 25), 10)
-print(s.makefile("rb").readline().decode().rstrip())'
-	in_ct chmod 2775 /var/mail
-	echo "$output"
-	[[ $output == "421 4.3.0 mx.example.org Mail store unavailable"* ]]
+	greeting_without_store
 	for i in $(seq 100); do [ -n "$(failed_units)" ] && break; sleep 0.1; done
 	failed_units | grep -q "Failed with result 'exit-code'"
 	journal --after-cursor="$CURSOR" -u 'smtpd@*' -o cat | grep -q 'status=75/TEMPFAIL'
@@ -229,18 +239,20 @@ s = socket.create_connection(("127.0.0.1", 25), 20); f = s.makefile("rb"); f.rea
 	[ -z "$(failed_units)" ]
 }
 
-@test "LMTP socket: the MTA's group by a drop-in, as README says (SocketGroup=postfix)" {
-	local lmtp_as_postfix="setpriv --reuid=postfix --regid=postfix --init-groups python3 - lmtp /run/smtpd/lmtp.sock alice@example.org </srv/stage/ct_client.py"
+@test "LMTP socket: README's drop-in for Postfix, as written: the socket in Postfix's private/, its group postfix" {
+	local sock=/var/spool/postfix/private/smtpd-lmtp
+	local lmtp_as_postfix="setpriv --reuid=postfix --regid=postfix --init-groups python3 - lmtp PATH alice@example.org </srv/stage/ct_client.py"
 	in_ct sh -c 'getent group postfix || useradd -r -U -s /usr/sbin/nologin postfix'
-	run in_ct sh -c "$lmtp_as_postfix"
+	run in_ct sh -c "${lmtp_as_postfix/PATH//run/smtpd/lmtp.sock}"
 	echo "$output"
 	[ "$status" -ne 0 ]
 	[[ $output == *PermissionError* ]]
-	in_ct sh -euc 'mkdir -p /etc/systemd/system/smtpd-lmtp.socket.d
-		printf "[Socket]\nSocketGroup=postfix\n" >/etc/systemd/system/smtpd-lmtp.socket.d/group.conf
-		systemctl daemon-reload
-		systemctl restart smtpd-lmtp.socket'
-	run in_ct sh -c "$lmtp_as_postfix"
+	# README's lines up to Postfix's own (staged by tests/nspawn.sh)
+	in_ct sh -euc 'cd /srv/stage && bash -ex readme/postfix-socket.sh'
+	run in_ct stat -c '%U:%G %a' "$sock"
+	echo "$output"
+	[ "$output" = "root:postfix 660" ]
+	run in_ct sh -c "${lmtp_as_postfix/PATH/$sock}"
 	echo "$output"
 	in_ct sh -euc 'rm -r /etc/systemd/system/smtpd-lmtp.socket.d
 		systemctl daemon-reload
@@ -262,16 +274,10 @@ s = socket.create_connection(("127.0.0.1", 25), 20); f = s.makefile("rb"); f.rea
 	done
 }
 
-# README's drop-in for milters, block TITLE ("a unix socket", "milters on loopback"), with the
-# -M arguments replaced by MILTERS: the file as an admin would write it
-readme_dropin() { # TITLE MILTERS
-	awk -v t="$1" 'index($0, "smtpd@.service.d/milter.conf: " t) { on = 1 } on && /^```/ { exit } on' \
-		"$BATS_TEST_DIRNAME/../README.md" | sed "s| -M .*| $2|"
-}
-
 # a scripted milter in the container (tests/milter.py as a transient unit) on SOCKET, refusing
 # a message that holds MARKED, and a copy of the shipped units on PORT with README's drop-in
-milter_variant() { # NAME PORT SOCKET DROP-IN-TITLE
+# (staged by tests/nspawn.sh), its -M arguments made SOCKET's
+milter_variant() { # NAME PORT SOCKET DROP-IN
 	in_ct sh -euc "
 		mkdir -p /run/milter
 		printf 'eom?MARKED reply:550\\\\x205.7.1\\\\x20Marked\\\\x20by\\\\x20the\\\\x20filter\n' >/run/milter/script
@@ -281,9 +287,8 @@ milter_variant() { # NAME PORT SOCKET DROP-IN-TITLE
 			>/etc/systemd/system/smtpd-$1.socket
 		cp /etc/systemd/system/smtpd@.service /etc/systemd/system/smtpd-$1@.service
 		mkdir -p /etc/systemd/system/smtpd-$1@.service.d"
-	readme_dropin "$4" "-M $3" >"$BATS_TEST_TMPDIR/milter.conf"
-	grep -q "^ExecStart=.* -M $3\$" "$BATS_TEST_TMPDIR/milter.conf"
-	in_ct sh -c "cat >/etc/systemd/system/smtpd-$1@.service.d/milter.conf" <"$BATS_TEST_TMPDIR/milter.conf"
+	in_ct sh -euc "sed 's| -M .*| -M $3|' /srv/stage/readme/$4 >/etc/systemd/system/smtpd-$1@.service.d/milter.conf
+		grep -q '^ExecStart=.* -M $3\$' /etc/systemd/system/smtpd-$1@.service.d/milter.conf"
 	in_ct sh -euc "systemctl daemon-reload; systemctl start smtpd-$1.socket"
 }
 
@@ -295,7 +300,7 @@ milter_variant_gone() { # NAME
 
 @test "milter on a unix socket: README's drop-in; a marked message is refused, another delivered; the socket needs mode 0666 or group vmail" {
 	local before
-	milter_variant mu 2530 unix:/run/milter/mu.sock "a milter on a unix socket"
+	milter_variant mu 2530 unix:/run/milter/mu.sock milter-unix.conf
 	in_ct cat /etc/systemd/system/smtpd-mu@.service.d/milter.conf
 	in_ct sh -c 'for i in $(seq 100); do [ -S /run/milter/mu.sock ] && break; sleep 0.1; done'
 	# root's socket, 0755: vmail may not write it
@@ -320,7 +325,7 @@ milter_variant_gone() { # NAME
 }
 
 @test "milter on loopback: the shipped sandbox keeps smtpd off it (451); README's drop-in lets it through" {
-	milter_variant mi 2531 inet:127.0.0.1:11332 "milters on loopback"
+	milter_variant mi 2531 inet:127.0.0.1:11332 milter-inet.conf
 	in_ct sh -c 'for i in $(seq 100); do ss -Hltn "sport = :11332" | grep -q LISTEN && break; sleep 0.1; done'
 	run swaks_to 127.0.0.1:2531 "MARKED"
 	echo "$output"
@@ -338,6 +343,66 @@ milter_variant_gone() { # NAME
 	[[ $output == *"<** 451 4.7.1 Service unavailable, try again later"* ]]
 	milter_variant_gone mi
 	[ -z "$(failed_units)" ]
+}
+
+# the first process of the container named $1 (no pgrep in the tree)
+pid_of() {
+	in_ct sh -c 'for d in /proc/[0-9]*; do [ "$(cat "$d/comm" 2>/dev/null)" = "$1" ] && { echo "${d#/proc/}"; break; }; done; true' - "$1"
+}
+
+# a TCP socket of the container's listening on port $1 (no ss in the tree)
+listening() { in_ct cat /proc/net/tcp /proc/net/tcp6 | grep -Eqi ":$(printf %04X "$1") [0-9A-F]+:0000 0A"; }
+
+@test "one sandbox for many sessions: README's block as written; tcpserver delivers over IPv4 and IPv6, smtpd holds no capability" {
+	local f i p u
+	RESTORE_SOCKET=yes # teardown, even when this fails: smtpd.socket back for what follows
+	# README's "One sandbox for many sessions", staged by tests/nspawn.sh
+	in_ct sh -euc 'cd /srv/stage && bash -ex readme/tcpserver.sh'
+	for i in $(seq 50); do listening 25 && break; sleep 0.1; done
+	[ "$(in_ct systemctl is-active smtpd-tcpserver.service)" = active ]
+	[ "$(in_ct systemctl is-active smtpd.socket)" = inactive ]
+	in_ct cmp /srv/stage/systemd/smtpd-tcpserver.service /etc/systemd/system/smtpd-tcpserver.service
+	run swaks_to 127.0.0.1 "via tcpserver over IPv4"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	f=$BOX/alice/new/$(newest $BOX/alice)
+	[ "$(in_ct stat -c '%U:%G %a' "$f")" = "vmail:vmail 600" ]
+	in_ct grep -qx 'Subject: via tcpserver over IPv4' "$f"
+	in_ct grep -q '^Received: from client.example (\[127.0.0.1\])$' "$f"
+	run swaks_to ::1 "via tcpserver over IPv6"
+	[ "$status" -eq 0 ]
+	f=$BOX/alice/new/$(newest $BOX/alice)
+	in_ct grep -q '^Received: from client.example (\[IPv6:::1\])$' "$f"
+	# a session held open: smtpd is tcpserver's child, with no capability left; tcpserver
+	# keeps CAP_NET_BIND_SERVICE (bit 10) for port 25
+	in_ct timeout 20 python3 -c '
+import socket, time
+s = socket.create_connection(("127.0.0.1", 25), 10); s.makefile("rb").readline(); time.sleep(5)' &
+	for i in $(seq 50); do p=$(pid_of smtpd); [ -n "$p" ] && break; sleep 0.1; done
+	[ -n "$p" ]
+	in_ct grep -E '^Cap(Prm|Eff|Amb):' "/proc/$p/status"
+	[ -z "$(in_ct grep -E '^Cap(Prm|Eff|Amb):' "/proc/$p/status" | grep -v '0000000000000000$')" ]
+	u=$(in_ct sed -n 's/^PPid:[[:space:]]*//p' "/proc/$p/status")
+	[ "$(in_ct cat "/proc/$u/comm")" = tcpserver ]
+	in_ct grep -q '^CapEff:.*0000000000000400$' "/proc/$u/status"
+	wait || true
+	# smtpd's lines in the journal, with their priorities, under the service
+	journal -u smtpd-tcpserver.service -t smtpd -p info..info -o cat | grep -q '^delivered id=.* to=<alice@example.org>'
+	# a session that cannot start (the store out of reach: 421, exit 75) leaves the service up
+	greeting_without_store
+	[ "$(in_ct systemctl is-active smtpd-tcpserver.service)" = active ]
+	run in_ct systemd-analyze security --no-pager --threshold=20 smtpd-tcpserver.service
+	echo "# in the container: smtpd-tcpserver.service exposure $(echo "$output" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')" >&3
+	[ "$status" -eq 0 ]
+	# back to the socket units (Conflicts= keeps the two from running at once)
+	in_ct systemctl disable --now --quiet smtpd-tcpserver.service
+	in_ct systemctl enable --now --quiet smtpd.socket
+	RESTORE_SOCKET=""
+	[ "$(in_ct systemctl is-active smtpd-tcpserver.service)" = inactive ]
+	[ "$(in_ct systemctl is-active smtpd.socket)" = active ]
+	run swaks_to 127.0.0.1 "back to smtpd.socket"
+	[ "$status" -eq 0 ]
+	wait_idle
 }
 
 @test "at the end: no session instance left; the two failures made on purpose are all" {

@@ -20,6 +20,7 @@ units_to_tmp() {
 		sed "s#/usr/local/sbin/smtpd#$SMTPD#" "$ROOT/systemd/$u@.service" > "$T/$u@.service"
 		cp "$ROOT/systemd/$u.socket" "$T/"
 	done
+	sed "s#/usr/local/sbin/smtpd#$SMTPD#" "$ROOT/systemd/smtpd-tcpserver.service" >"$T/smtpd-tcpserver.service"
 }
 
 @test "units: systemd-analyze verify prints nothing for both socket/service pairs" {
@@ -30,6 +31,30 @@ units_to_tmp() {
 	echo "$output"
 	[ "$status" -eq 0 ]
 	[ -z "$output" ]
+}
+
+@test "units: systemd-analyze verify prints nothing for smtpd-tcpserver.service" {
+	command -v systemd-analyze >/dev/null || skip "systemd-analyze is not installed"
+	[ -x /usr/bin/tcpserver ] || skip "tcpserver (ucspi-tcp-ipv6) is not installed"
+	units_to_tmp
+	run systemd-analyze verify --man=no "$T/smtpd-tcpserver.service"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	[ -z "$output" ]
+}
+
+@test "units: smtpd-tcpserver.service: exposure at most 2.0; smtpd runs without the capability, with %d and %u its own" {
+	command -v systemd-analyze >/dev/null || skip "systemd-analyze is not installed"
+	units_to_tmp
+	run systemd-analyze security --offline=true --man=no --threshold=20 "$T/smtpd-tcpserver.service"
+	echo "# smtpd-tcpserver.service exposure $(echo "$output" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')" >&3
+	[ "$status" -eq 0 ]
+	# the one capability (port 25) is tcpserver's: setpriv clears it before smtpd runs
+	grep -qx 'AmbientCapabilities=CAP_NET_BIND_SERVICE' "$ROOT/systemd/smtpd-tcpserver.service"
+	awk '/^ExecStart=/ { c = 1 } c { print; if (!/\\$/) exit }' "$ROOT/systemd/smtpd-tcpserver.service" | tr -d '\\\n' |
+		grep -q 'tcpserver .* 0 25 *.*/usr/bin/setpriv --inh-caps=-all --ambient-caps=-all -- *.*/usr/local/sbin/smtpd .*-m /var/mail/vhosts/%%d/%%u$'
+	grep -qx 'StandardError=journal' "$ROOT/systemd/smtpd-tcpserver.service"
+	grep -qx 'Conflicts=smtpd.socket' "$ROOT/systemd/smtpd-tcpserver.service"
 }
 
 @test "units: verify does catch a broken unit (the check above can fail)" {
