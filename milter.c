@@ -123,6 +123,7 @@ static const char reject_text[] = "550 5.7.1 Command rejected";
 static const char failed_reject_text[] = "550 5.7.1 Service unavailable";
 static const char quarantine_text[] = "451 4.7.1 Message held by a filter, try again later";
 static const char connect_reject_text[] = "554 5.7.1 No SMTP service here";
+static const char no_memory_text[] = "421 4.3.0 Insufficient memory, try again later";
 
 /* ---- header changes: kept in order, applied as a chain of filters over the header fields ---- */
 
@@ -1090,19 +1091,26 @@ static enum milter_verdict refuse_connection(enum milter_verdict v, struct milte
 	return v;
 }
 
+/* No memory for the buffers: the session cannot go on as configured, so the client is told to
+ * come back, as at any start-up failure. */
+static enum milter_verdict no_memory(struct milter_reply *r)
+{
+	log_line(L_ERR, "out of memory");
+	r->milter = "-";
+	text_copy(r->text, sizeof r->text, no_memory_text);
+	return MV_TEMPFAIL;
+}
+
 enum milter_verdict milter_connect(const struct config *cfg, struct milter_reply *r)
 {
 	set_bounds(cfg);
-	if (B == NULL)
-		B = malloc(sizeof *B);
 	for (size_t i = 0; i < M.count; i++)
-		M.list[i] = (struct milter){ .spec = cfg->milters[i],
-					     .fd = -1,
-					     .out = B ? B->out[i] : NULL };
-	for (size_t i = 0; i < M.count && B == NULL; i++)
-		fail(&M.list[i], EV_CONNECT, "no-memory", r);
-	for (size_t i = 0; i < M.count && B != NULL; i++) {
+		M.list[i] = (struct milter){ .spec = cfg->milters[i], .fd = -1 };
+	if (B == NULL && (B = malloc(sizeof *B)) == NULL)
+		return no_memory(r);
+	for (size_t i = 0; i < M.count; i++) {
 		struct milter *m = &M.list[i];
+		m->out = B->out[i];
 		if (!open_milter(m, r))
 			continue;
 		connect_event();
