@@ -4,7 +4,8 @@
  * have come to rely on: our own Received: field is not shown to them, and a header inserted at
  * index 1 lands right after it. The milters are asked in -M order; the first that refuses
  * decides. Every wait is bounded, and every length read off the wire is checked before its data
- * is waited for; nothing is allocated. */
+ * is waited for; the buffers are fixed in size, taken once per session, never sized by a length
+ * read off the wire. */
 #define _POSIX_C_SOURCE 200809L
 #include "smtp.h"
 
