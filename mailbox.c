@@ -474,6 +474,14 @@ static enum md_result md_append(struct md_txn *txn, int fd, const struct stat *s
 	return MD_OK;
 }
 
+void md_forget_boxes(struct md_txn *txn, size_t keep)
+{
+	while (txn->box_count > keep) {
+		md_drop(txn->boxes[--txn->box_count].dir_fd);
+		txn->boxes[txn->box_count].dir_fd = -1;
+	}
+}
+
 /* Why a recipient was refused, for the log and the probe: the path that decided (for 5.7.1 the
  * domain's directory) and, for a failure that is not the sender's, the errno. */
 static enum md_result md_refused(struct md_txn *txn, enum md_result r, const char *tmpl,
@@ -746,6 +754,43 @@ enum md_result md_write(struct md_txn *txn, const void *buf, size_t len)
 	return MD_OK;
 }
 
+/* ---- rewriting the spool for a milter's header changes ---- */
+
+enum md_result md_rewrite(struct md_txn *txn, uint64_t keep, int (*write_head)(int fd, void *ctx),
+			  void *ctx)
+{
+	char name[MD_NAME_MAX + 4];
+	struct text t = text_on(name, sizeof name);
+	const char *op = "write-rewrite";
+	off_t size = -1;
+	int e = 0;
+
+	text_add(&t, md_name);
+	text_add(&t, ",R"); /* beside the spool in tmp/, never a name a delivery uses */
+	if (txn->spool_fd < 0 || !md_spool_in_tmp || t.cut)
+		return md_fail(txn, "rewrite", EBADF);
+	int fd = openat(md_spool_tmp, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			0600);
+	if (fd < 0)
+		return md_fail(txn, "create-rewrite", errno);
+	errno = 0;
+	if (write_head(fd, ctx) != 0 ||
+	    md_copy_range(txn->spool_fd, keep, txn->stored_bytes, fd) != 0 ||
+	    (size = lseek(fd, 0, SEEK_CUR)) < 0)
+		e = errno != 0 ? errno : EIO;
+	else if (renameat(md_spool_tmp, name, md_spool_tmp, md_name) != 0)
+		op = "rename-rewrite", e = errno;
+	if (e != 0) {
+		close(fd);
+		unlinkat(md_spool_tmp, name, 0);
+		return md_fail(txn, op, e);
+	}
+	close(txn->spool_fd);
+	txn->spool_fd = fd;
+	txn->stored_bytes = (uint64_t)size;
+	return MD_OK;
+}
+
 /* ---- staging: every box gets the message in its tmp/ ---- */
 
 /* The spool's file as a new name: from its fd, never from its name in tmp/, which whoever can
@@ -786,12 +831,12 @@ static int md_give(int fd, const struct md_box *box)
 	return fchown(fd, box->uid, box->gid);
 }
 
-static int md_copy_bytes(struct md_txn *txn, int to)
+int md_copy_range(int from, uint64_t off, uint64_t end, int to)
 {
-	for (uint64_t off = 0; off < txn->stored_bytes;) {
-		uint64_t left = txn->stored_bytes - off;
-		ssize_t n = pread(txn->spool_fd, md_copy_buf,
-				  left < MD_COPY_BUF ? left : MD_COPY_BUF, (off_t)off);
+	while (off < end) {
+		uint64_t left = end - off;
+		ssize_t n = pread(from, md_copy_buf, left < MD_COPY_BUF ? left : MD_COPY_BUF,
+				  (off_t)off);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -801,6 +846,11 @@ static int md_copy_bytes(struct md_txn *txn, int to)
 		off += (uint64_t)n;
 	}
 	return 0;
+}
+
+static int md_copy_bytes(struct md_txn *txn, int to)
+{
+	return md_copy_range(txn->spool_fd, 0, txn->stored_bytes, to);
 }
 
 /* A copy of the spool into tmp/, owned and fsynced; 0 or an errno, naming the step. */

@@ -61,7 +61,11 @@ enum reply_id {
 	RPL_LOOP,
 	RPL_TLS_GO,
 	RPL_TLS_ACTIVE,
+	RPL_MILTER, /* a milter's verdict, in milter_said */
 };
+
+/* What a milter said, and which: RPL_MILTER's text. */
+static struct milter_reply milter_said;
 
 static const struct {
 	const char *text;
@@ -111,6 +115,7 @@ static const struct {
 	[RPL_LOOP] = { "554 5.4.6 Too many Received headers (mail loop)", false },
 	[RPL_TLS_GO] = { "220 2.0.0 Ready to start TLS", false },
 	[RPL_TLS_ACTIVE] = { "503 5.5.1 TLS already active", true },
+	[RPL_MILTER] = { milter_said.text, false },
 };
 
 static const enum reply_id md_replies[] = {
@@ -131,6 +136,7 @@ enum state {
 	ST_RCPT = 1 << 3,  /* at least one recipient */
 	ST_BDAT = 1 << 4,  /* BDAT chunks under way */
 	ST_ANY = 0x1f,
+	ST_SHUNNED = 1 << 5, /* a milter refused the connection: QUIT alone is in sequence */
 };
 
 enum input_mode { IN_COMMANDS, IN_DISCARD_LINE, IN_DATA, IN_BDAT };
@@ -826,6 +832,8 @@ static void end_message(struct session *s)
 
 static void reset_transaction(struct session *s)
 {
+	if (s->cfg->milter_count > 0)
+		milter_abort();
 	md_reset(&s->md);
 	s->sender[0] = '\0';
 	s->smtputf8 = s->rcpt_tried = false;
@@ -861,10 +869,13 @@ static void log_delivery(struct session *s)
 	log_text(L_INFO, line);
 }
 
-/* "452 4.3.1 Insufficient..." as " reply=452 code=4.3.1". */
+/* "452 4.3.1 Insufficient..." as " reply=452 code=4.3.1", and the milter that gave it. */
 static void add_reply_code(struct text *t, enum reply_id id)
 {
 	log_add_reply(t, replies[id].text);
+	text_add(t, id == RPL_MILTER ? " milter=" : "");
+	if (id == RPL_MILTER)
+		log_add_value(t, milter_said.milter);
 }
 
 /* One line per recipient that did not get the message, naming its Maildir and what failed
@@ -947,15 +958,35 @@ static enum reply_id rcpt_outcome(const struct session *s, size_t i, enum md_res
 	return own == MD_OK ? RPL_NONE : md_replies[own];
 }
 
+/* The milters' verdict on the whole message, their header changes put into the spool; a discard
+ * stores nothing and answers 250. */
+static enum milter_verdict milter_end(struct session *s)
+{
+	enum milter_verdict v = milter_message(&s->md, s->prefix_len, &milter_said);
+	enum md_result r = v == MV_CONTINUE ? milter_apply(&s->md) : MD_OK;
+
+	s->last_input_ms = now_ms();
+	if (v == MV_REJECT || v == MV_TEMPFAIL)
+		data_fail(s, RPL_MILTER);
+	else if (r != MD_OK)
+		data_fail(s, md_replies[r]);
+	return v;
+}
+
 /* After the last octet: the reply, or in LMTP one reply per recipient (RFC 2033 4.2). */
 static void finish_message(struct session *s)
 {
 	enum md_result committed = MD_TEMP;
 	unsigned long delivered = 0;
+	enum milter_verdict mv = MV_CONTINUE;
 
 	end_message(s);
+	if (s->txn_error == RPL_NONE && s->cfg->milter_count > 0)
+		mv = milter_end(s);
 	if (s->txn_error != RPL_NONE)
 		log_rejected(s);
+	else if (mv == MV_DISCARD)
+		md_abort(&s->md), committed = MD_OK;
 	else
 		committed = md_commit(&s->md, !s->cfg->lmtp);
 	for (size_t i = 0; i < s->rcpt_count; i++) {
@@ -971,7 +1002,7 @@ static void finish_message(struct session *s)
 		else
 			reply(s, why);
 	}
-	if (delivered > 0) {
+	if (delivered > 0 && mv != MV_DISCARD) {
 		log_delivery(s);
 		s->messages++;
 		s->recipients += delivered;
@@ -1179,6 +1210,9 @@ static void greet_client(struct session *s, char *arg, const char *protocol, boo
 		s->helo[i] = safe ? (char)c : '?';
 	}
 	s->helo[i] = '\0';
+	if (s->cfg->milter_count > 0 &&
+	    milter_helo(s->helo, s->tls_protocol, s->tls_cipher, &milter_said) != MV_CONTINUE)
+		return reply(s, RPL_MILTER);
 	s->protocol = protocol;
 	s->extended = extended;
 	s->state = ST_READY;
@@ -1322,6 +1356,7 @@ static void h_mail(struct session *s, char *arg)
 {
 	struct address a;
 	const char *path = after_keyword(arg, "FROM:"), *rest = NULL;
+	char params[LINE_MAX_OCTETS]; /* as sent, for the milters: mail_params cuts them up */
 
 	s->smtputf8 = false;
 	enum path_result pr = path ? parse_path(path, &a, &rest) : PATH_BAD;
@@ -1329,9 +1364,14 @@ static void h_mail(struct session *s, char *arg)
 		reply(s, pr == PATH_BAD_UTF8 ? RPL_BAD_UTF8 : RPL_BAD_SENDER);
 		return;
 	}
+	if (s->cfg->milter_count > 0)
+		text_copy(params, sizeof params, rest);
 	enum reply_id r = mail_params(s, (char *)rest);
 	if (r == RPL_NONE && a.has_8bit && !s->smtputf8)
 		r = RPL_NEED_UTF8;
+	if (r == RPL_NONE && s->cfg->milter_count > 0 &&
+	    milter_mail(a.text, params, &milter_said) != MV_CONTINUE)
+		r = RPL_MILTER;
 	if (r != RPL_NONE) {
 		s->smtputf8 = false;
 		reply(s, r);
@@ -1434,9 +1474,15 @@ static void h_rcpt(struct session *s, char *arg)
 		return;
 	}
 	const char *domain = pr == PATH_POSTMASTER ? s->cfg->hostname : a.domain;
+	size_t boxes = s->md.box_count;
 	enum md_result r = md_add(&s->md, s->cfg->mail_template, a.local, domain, &box);
 	if (r != MD_OK) {
 		refuse_rcpt(s, a.text, md_replies[r], true);
+		return;
+	}
+	if (s->cfg->milter_count > 0 && milter_rcpt(a.text, &milter_said) != MV_CONTINUE) {
+		md_forget_boxes(&s->md, boxes);
+		refuse_rcpt(s, a.text, RPL_MILTER, false);
 		return;
 	}
 	struct rcpt *rc = &s->rcpts[s->rcpt_count++];
@@ -1446,14 +1492,25 @@ static void h_rcpt(struct session *s, char *arg)
 	reply(s, RPL_RCPT_OK);
 }
 
+/* The spool for a message, and the milters told of its DATA: the reply refusing it, or none. */
+static enum reply_id begin_message(struct session *s)
+{
+	enum md_result r = md_begin(&s->md);
+
+	if (r == MD_OK && s->cfg->milter_count > 0 &&
+	    milter_data(s->md.id, &milter_said) != MV_CONTINUE)
+		return RPL_MILTER;
+	return md_replies[r];
+}
+
 static void h_data(struct session *s, char *arg)
 {
 	(void)arg;
-	enum md_result r = md_begin(&s->md);
-	if (r != MD_OK) {
-		data_fail(s, md_replies[r]);
+	enum reply_id why = begin_message(s);
+	if (why != RPL_NONE) {
+		data_fail(s, why);
 		log_rejected(s);
-		reply(s, md_replies[r]);
+		reply(s, why);
 		reset_transaction(s);
 		return;
 	}
@@ -1488,10 +1545,10 @@ static void h_bdat(struct session *s, char *arg)
 	if (!s->extended && s->state != ST_START) {
 		s->bdat_reply = RPL_NEED_EHLO; /* CHUNKING exists only after EHLO or LHLO */
 	} else if (s->state == ST_RCPT) {
-		enum md_result r = md_begin(&s->md);
+		enum reply_id why = begin_message(s);
 		start_message(s);
-		if (r != MD_OK)
-			data_fail(s, md_replies[r]);
+		if (why != RPL_NONE)
+			data_fail(s, why);
 		s->state = ST_BDAT;
 		s->bdat_cr_pending = false;
 	} else if (s->state != ST_BDAT) {
@@ -1680,7 +1737,7 @@ static const struct command {
 	{ "BDAT", V_BDAT, h_bdat, ST_ANY, ARG_REQUIRED, MODE_BOTH },
 	{ "RSET", V_RSET, h_rset, ST_ANY, ARG_NONE, MODE_BOTH },
 	{ "NOOP", V_NOOP, h_noop, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
-	{ "QUIT", V_QUIT, h_quit, ST_ANY, ARG_NONE, MODE_BOTH },
+	{ "QUIT", V_QUIT, h_quit, ST_ANY | ST_SHUNNED, ARG_NONE, MODE_BOTH },
 	{ "VRFY", V_VRFY, h_vrfy, ST_ANY, ARG_REQUIRED, MODE_BOTH },
 	{ "HELP", V_HELP, h_help, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
 	{ "EXPN", V_NOT_IMPL, h_not_impl, ST_ANY, ARG_OPTIONAL, MODE_BOTH },
@@ -1698,6 +1755,8 @@ static const struct command {
 /* The one place that answers a verb given out of order. */
 static enum reply_id sequence_error(const struct session *s, enum verb verb)
 {
+	if (s->state == ST_SHUNNED)
+		return RPL_BAD_SEQUENCE;
 	if (s->state == ST_START)
 		return s->cfg->lmtp ? RPL_NEED_LHLO : RPL_NEED_HELO;
 	switch (verb) {
@@ -1837,6 +1896,26 @@ static void log_session(struct session *s)
 	log_text(L_INFO, line);
 }
 
+/* The greeting, unless a milter refuses the connection (RFC 5321 3.1): 421 and the end, or 554
+ * and then 503 to all but QUIT. */
+static void greet(struct session *s)
+{
+	bool refused = false;
+
+	s->greeted = true;
+	if (s->cfg->milter_count > 0) {
+		refused = milter_connect(s->cfg, &milter_said) != MV_CONTINUE;
+		s->last_input_ms = now_ms(); /* the milters' time is not the client's silence */
+	}
+	if (!refused)
+		return reply_around(s, "220 ", s->cfg->hostname,
+				    s->cfg->lmtp ? " LMTP smtpd" : " ESMTP smtpd");
+	reply(s, RPL_MILTER);
+	s->state = ST_SHUNNED;
+	if (milter_said.text[0] == '4')
+		end_session(s, EXIT_DROPPED, "milter-tempfail");
+}
+
 int smtp_session(struct config *cfg)
 {
 	struct session *s = &S;
@@ -1857,18 +1936,18 @@ int smtp_session(struct config *cfg)
 		free(s->rcpts);
 		return EXIT_TEMPFAIL;
 	}
-	if (cfg->proxy && !read_proxy_header(s)) {
+	if (cfg->proxy && !read_proxy_header(s))
 		end_session(s, EXIT_DROPPED, "bad-proxy-header");
-	} else {
-		reply_around(s, "220 ", cfg->hostname, cfg->lmtp ? " LMTP smtpd" : " ESMTP smtpd");
-		s->greeted = true;
-	}
+	else
+		greet(s);
 	while (!s->done)
 		if (!step(s) && !s->done)
 			fill_in(s);
 	flush_out(s);
 	if (s->input == IN_DATA || s->input == IN_BDAT || s->state == ST_BDAT)
 		log_incomplete(s);
+	if (cfg->milter_count > 0)
+		milter_quit();
 	log_session(s);
 	md_txn_free(&s->md);
 	free(s->rcpts);

@@ -40,6 +40,15 @@ enum {
 	TLS_INFO_MAX = 16384,  /* the launcher's "VAR=value\0...\0\0" after STARTTLS */
 	TLS_NAME_MAX = 64,     /* what we keep of SSL_PROTOCOL or SSL_CIPHER */
 	MILTER_MAX = 4,        /* -M given more often is a usage error */
+	/* Milters: each wait is also cut to -t and to what is left of -T. */
+	MILTER_CONNECT_TIMEOUT = 10,  /* seconds to connect to a milter and agree on the protocol */
+	MILTER_REPLY_TIMEOUT = 30,    /* seconds for each reply, and for each write to a milter */
+	MILTER_MESSAGE_TIMEOUT = 300, /* seconds for one milter's whole look at a message */
+	MILTER_CHUNK_SIZE = 65535,    /* body octets per packet: what libmilter takes */
+	MILTER_PACKET_MAX = 65536,    /* a packet's length field (command and data), either way */
+	MILTER_EDITS_MAX = 64,        /* header changes per message, all milters together */
+	MILTER_EDIT_BYTES = 65536,    /* the names and values of those changes, all together */
+	MILTER_NAME_MAX = 256,        /* a header field name, to or from a milter */
 };
 
 /* The launcher's details after STARTTLS are read into the read buffer, with a NUL after. */
@@ -211,6 +220,15 @@ enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local, c
 enum md_result md_begin(struct md_txn *txn);
 enum md_result md_write(struct md_txn *txn, const void *buf, size_t len);
 enum md_result md_commit(struct md_txn *txn, bool all_or_nothing);
+/* The spool rewritten for a milter's header changes: write_head writes the new start of the
+ * message into a new file, the old spool from offset keep on follows, and the new file takes
+ * the spool's name and place. On failure the spool stays as it was. */
+enum md_result md_rewrite(struct md_txn *txn, uint64_t keep, int (*write_head)(int fd, void *ctx),
+			  void *ctx);
+/* Octets off to end of from, appended to to; -1 with errno. */
+int md_copy_range(int from, uint64_t off, uint64_t end, int to);
+/* Forgets the boxes past the first keep: a recipient md_add took and a milter then refused. */
+void md_forget_boxes(struct md_txn *txn, size_t keep);
 void md_abort(struct md_txn *txn);
 void md_reset(struct md_txn *txn);
 void md_txn_free(struct md_txn *txn);
@@ -220,5 +238,31 @@ const char *md_explain(const char *path);
  * new/ tmp/) is let pass, as the first session would make it. */
 void md_set_probe(void);
 bool md_is_catch_all(const char *tmpl);
+
+/* milter.c: the -M mail filters, asked in the Sendmail milter protocol (version 6) as Postfix's
+ * smtpd_milters asks them, one call per stage of the session. A verdict other than MV_CONTINUE
+ * comes with the line the client gets and the milter that gave it. */
+enum milter_verdict { MV_CONTINUE, MV_REJECT, MV_TEMPFAIL, MV_DISCARD };
+struct milter_reply {
+	const char *milter;         /* the -M spec that decided */
+	char text[LINE_MAX_OCTETS]; /* "550 5.7.1 ...", one line without its CRLF */
+};
+enum milter_verdict milter_connect(const struct config *cfg, struct milter_reply *r);
+enum milter_verdict milter_helo(const char *helo, const char *tls_version, const char *cipher,
+				struct milter_reply *r);
+enum milter_verdict milter_mail(const char *sender, const char *params, struct milter_reply *r);
+enum milter_verdict milter_rcpt(const char *rcpt, struct milter_reply *r);
+enum milter_verdict milter_data(const char *id, struct milter_reply *r);
+/* After the data: the message as the spool holds it after prefix_len (our Return-Path: and
+ * Received:), to each milter in turn. MV_DISCARD: store nothing, answer 250. */
+enum milter_verdict milter_message(struct md_txn *txn, size_t prefix_len, struct milter_reply *r);
+/* The header changes the milters asked for, into the spool, before it is committed. */
+enum md_result milter_apply(struct md_txn *txn);
+void milter_abort(void); /* the transaction ends undelivered */
+void milter_quit(void);  /* the session ends */
+/* For the fuzz target: the packets a milter sent in answer to event (an SMFIC_ letter), taken
+ * as a session takes them. Returns the verdict, or -1 for a broken protocol; reply gets the
+ * line the client would see. */
+int milter_parse_replies(int event, const unsigned char *buf, size_t len, char *reply, size_t size);
 
 #endif

@@ -12,7 +12,8 @@
 # are written; default bench/.cache, i.e. the disk the source tree is on), SMTPD and SMTPD_STATIC
 # (default ./smtpd and ./smtpd-static, which is left out if missing),
 # BIG (bytes of the largest message; default 1 GiB, scaled down if disk is short),
-# QUICK=1 (one run of the smallest counts and a 64 MiB big message: to see that it works).
+# QUICK=1 (one run of the smallest counts and a 64 MiB big message: to see that it works),
+# MILTER_ONLY=1 (the milter cell alone: smtpd and Postfix with the same rspamd).
 set -euo pipefail
 export LC_ALL=C
 
@@ -36,8 +37,11 @@ CELLS=(
 	"20 1 1048576 400"
 	"20 10 1048576 400"
 )
+# The milter cell: both servers with the same rspamd (tests/rspamd.bash) as their one milter.
+MILTER_CELL="20 1 2048 600"
 if [ "${QUICK:-}" = 1 ]; then
 	RUNS=1 BIG=67108864
+	MILTER_CELL="20 1 2048 20"
 	for i in "${!CELLS[@]}"; do
 		read -r c k size n <<<"${CELLS[$i]}"
 		CELLS[i]="$c $k $size $((c * k))"
@@ -58,6 +62,7 @@ die() {
 T=
 server_pids=() # tcpserver and the subshell around it, stopped by PID
 client_pids=() # background smtp-source loops
+daemon_pids=() # the milter cell's rspamd and its DNS stub
 
 children_of() {
 	local f=/proc/$1/task/$1/children
@@ -90,7 +95,7 @@ cleanup() {
 			for c2 in $(children_of "$c"); do kill "$c2" 2>/dev/null || true; done
 		done
 	done
-	for p in "${server_pids[@]}"; do stop_pid "$p"; done
+	for p in "${server_pids[@]}" "${daemon_pids[@]}"; do stop_pid "$p"; done
 	wait 2>/dev/null || true
 	[ -z "$T" ] || rm -rf "$T"
 }
@@ -193,6 +198,7 @@ anvil unix - - n - 1 anvil
 scache unix - - n - 1 scache
 postlog unix-dgram n - n - 1 postlogd
 EOF
+	[ ! -d "$PFX/conf-milter" ] || cp "$PFX/conf/master.cf" "$PFX/conf-milter/master.cf"
 	rm -f "$PFX/queue/pid/master.pid"
 }
 
@@ -261,6 +267,9 @@ free_port() {
 # x_wait_listen: the test suite's wait for a LISTEN socket, without connecting to it
 # shellcheck source=tests/pipe.bash
 . "$top/tests/pipe.bash"
+# rs_dns_start, rs_rspamd_start: the milter cell's rspamd, as the tests start it
+# shellcheck source=tests/rspamd.bash
+. "$top/tests/rspamd.bash"
 
 # A fresh, empty Maildir (floor needs one; smtpd would create it).
 fresh_maildir() {
@@ -274,6 +283,7 @@ prog_cmd() {
 	case $1 in
 	smtpd) echo "$SMTPD -h $HOSTNAME_ARG $size-m $2" ;;
 	smtpd-static) echo "$STATIC -h $HOSTNAME_ARG $size-m $2" ;;
+	smtpd-milter) echo "$SMTPD -h $HOSTNAME_ARG $size-m $2 -M inet:127.0.0.1:$RSPAMD_PORT" ;;
 	floor) echo "$FLOOR $2" ;;
 	floor-static) echo "$FLOOR_STATIC $2" ;;
 	esac
@@ -286,6 +296,8 @@ check_delivered() { # name maildir n
 	stray=$(find "$2/tmp" -type f | wc -l)
 	[ "$got" -eq "$3" ] || die "$1: $got of $3 messages in new/"
 	[ "$stray" -eq 0 ] || die "$1: $stray stray files in tmp/"
+	[ -z "${MUST_HAVE:-}" ] || [ "$3" -eq 0 ] || grep -q "^$MUST_HAVE" "$(find "$2/new" -type f | head -n 1)" ||
+		die "$1: no $MUST_HAVE field in what was stored: the milter was not asked"
 }
 
 # One SMTP session's transcript on stdout: transcript MESSAGES BODY_BYTES (see bench/gen.c)
@@ -295,17 +307,18 @@ transcript() { "$GEN" "$1" "$2" "$HOSTNAME_ARG"; }
 # run_cell NAME C K SIZE N -> "msgs_per_second cpu_ms_per_message" on stdout. Not to be run
 # in a subshell: the servers it starts must be known to cleanup.
 run_cell() {
-	local name=$1 c=$2 k=$3 size=$4 n=$5 port md tpid tcp t0 t1 w j per fail=0 cpu
+	local name=$1 c=$2 k=$3 size=$4 n=$5 port md tpid tcp t0 t1 w j per fail=0 cpu conf=$PFX/conf
 	md=$T/cell/Maildir
 	fresh_maildir "$md"
 	port=$(free_port)
+	[ "$name" = postfix-milter ] && conf=$PFX/conf-milter name=postfix
 	if [ "$name" = postfix ]; then
 		md=$PFX/mail/Maildir
 		rm -rf "$md"
 		postfix_master "$port"
 		(
-			cd / && LD_LIBRARY_PATH=$pf/usr/lib/postfix MAIL_CONFIG=$PFX/conf \
-				"$pf/usr/sbin/postfix" -c "$PFX/conf" start-fg 3>&- >>"$T/server.log" 2>&1 || true
+			cd / && LD_LIBRARY_PATH=$pf/usr/lib/postfix MAIL_CONFIG=$conf \
+				"$pf/usr/sbin/postfix" -c "$conf" start-fg 3>&- >>"$T/server.log" 2>&1 || true
 			times >"$T/cpu"
 		) &
 		tpid=$!
@@ -362,7 +375,7 @@ run_cell() {
 		sleep 0.01
 	done
 	if [ "$name" = postfix ]; then # postfix stop waits until master and its children are gone
-		LD_LIBRARY_PATH=$pf/usr/lib/postfix "$pf/usr/sbin/postfix" -c "$PFX/conf" stop >>"$T/server.log" 2>&1 ||
+		LD_LIBRARY_PATH=$pf/usr/lib/postfix "$pf/usr/sbin/postfix" -c "$conf" stop >>"$T/server.log" 2>&1 ||
 			kill "$tcp"
 	else
 		kill "$tcp"
@@ -394,6 +407,57 @@ echo "  each message exactly as durably as smtpd (tmp/ with O_EXCL, fsync, renam
 echo "  fsync new/), without dot-unstuffing or headers"
 case $fs_type in tmpfs | ramfs) echo "- WARNING: fsync costs nothing on $fs_type: set BENCH_DIR to a directory on a disk" ;; esac
 echo
+
+# ---------------------------------------------------------------- with a milter
+# smtpd (-M) and Postfix (smtpd_milters) with the same rspamd as their one milter, its proxy
+# worker on loopback with a private configuration and a DNS stub that answers nothing, so that
+# no lookup leaves the machine: what a filtering MX costs. Needs root, rspamd and dnsmasq.
+milter_cell() {
+	local c k size n p res
+	read -r c k size n <<<"$MILTER_CELL"
+	mkdir -p "$T/milter" && chmod 755 "$T/milter"
+	RSPAMD_PORT=$(free_port)
+	local dns_port
+	dns_port=$(free_port)
+	rs_dns_start "$T/milter" "$dns_port"
+	daemon_pids+=("$(cat "$T/milter/dnsmasq.pid")")
+	note "milter cell: starting rspamd (10-20 s)"
+	rs_rspamd_start "$T/milter" "$RSPAMD_PORT" "$dns_port" || die "rspamd did not start"
+	daemon_pids+=("$(cat "$T/milter/rspamd.pid")")
+	mkdir -p "$PFX/conf-milter"
+	{
+		cat "$PFX/conf/main.cf"
+		echo "smtpd_milters = inet:127.0.0.1:$RSPAMD_PORT"
+		echo "milter_default_action = tempfail"
+		echo "milter_protocol = 6"
+	} >"$PFX/conf-milter/main.cf"
+	cp "$PFX/conf/master.cf" "$PFX/conf-milter/master.cf"
+	echo "### With a milter: rspamd, $n messages of $(human "$size"), $c sessions at once"
+	echo
+	echo "Both servers ask the same rspamd 3.4 (proxy worker, self_scan, a private configuration"
+	echo "adding Authentication-Results and X-Spamd-Result; DNS answered by a stub that knows"
+	echo "nothing). smtpd: \`-M inet:127.0.0.1:PORT\` under tcpserver, as above; Postfix:"
+	echo "\`smtpd_milters\`. One run each, in alternation; CPU is the server side's, not rspamd's."
+	echo
+	echo "| program | msg/s | CPU ms/msg |"
+	echo "| --- | ---: | ---: |"
+	for p in smtpd-milter postfix-milter; do
+		MUST_HAVE=X-Spamd-Result: run_cell "$p" "$c" "$k" "$size" "$n" >"$T/res"
+		res=$(cat "$T/res")
+		note "milter cell $p: $res (msg/s, CPU ms/msg)"
+		echo "| $p | $(fmt "$(echo "$res" | cut -d' ' -f1)" 1) | $(fmt "$(echo "$res" | cut -d' ' -f2)" 3) |"
+	done
+	echo
+	for p in "${daemon_pids[@]}"; do stop_pid "$p"; done
+	daemon_pids=()
+}
+
+if command -v rspamd >/dev/null && command -v dnsmasq >/dev/null && $have_postfix; then
+	milter_cell
+else
+	note "milter cell left out: it needs rspamd, dnsmasq and Postfix (root)"
+fi
+[ "${MILTER_ONLY:-}" != 1 ] || exit 0
 
 # ---------------------------------------------------------------- throughput
 avail_kib=$(df -Pk "$T" | awk 'NR == 2 {print $4}')

@@ -85,6 +85,7 @@ boot() {
 	install -m 755 "$ROOT/smtpd" "$STAGE/smtpd"
 	cp -r "$ROOT/systemd" "$STAGE/systemd"
 	cp "$ROOT/tests/ct_client.py" "$STAGE/"
+	cp "$ROOT/tests/milter.py" "$STAGE/"
 	readme_blocks
 	trap stop EXIT
 	trap 'exit 130' INT TERM
@@ -122,6 +123,9 @@ readme_blocks() {
 	r_block "One sandbox for many sessions" >"$STAGE/readme/tcpserver.sh"
 	r_block "Postfix" | sed '/^sudo postconf/,$d' >"$STAGE/readme/postfix-socket.sh"
 	for f in store systemd lmtp tcpserver postfix-socket; do [ -s "$STAGE/readme/$f.sh" ] || die "README has no block for $f"; done
+	r_block "Filtering" ini 1 >"$STAGE/readme/milter-unix.conf"
+	r_block "Filtering" ini 2 >"$STAGE/readme/milter-inet.conf"
+	for f in milter-unix milter-inet; do [ -s "$STAGE/readme/$f.conf" ] || die "README has no block for $f"; done
 }
 
 # What an admin does after step 1 (the binary, copied: no compiler here): README's blocks, run in

@@ -108,6 +108,21 @@ x_size_ok() {
 
 x_maildir() { mkdir -p "$1/cur" "$1/new" "$1/tmp"; }
 
+# a test's $T with an empty Maildir $MD, and $T/pids for the PIDs of what it starts
+x_setup_with_pids() {
+	T=$(mktemp -d)
+	MD=$T/Maildir
+	x_maildir "$MD"
+	: >"$T/pids"
+}
+
+# stops each process $T/pids names, then removes $T
+x_teardown_with_pids() {
+	local p
+	for p in $(cat "$T/pids"); do x_stop_pid "$p"; done
+	rm -rf "$T"
+}
+
 x_free_port() {
 	"${PY:-python3}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }

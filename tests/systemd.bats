@@ -274,6 +274,77 @@ s = socket.create_connection(("127.0.0.1", 25), 20); f = s.makefile("rb"); f.rea
 	done
 }
 
+# a scripted milter in the container (tests/milter.py as a transient unit) on SOCKET, refusing
+# a message that holds MARKED, and a copy of the shipped units on PORT with README's drop-in
+# (staged by tests/nspawn.sh), its -M arguments made SOCKET's
+milter_variant() { # NAME PORT SOCKET DROP-IN
+	in_ct sh -euc "
+		mkdir -p /run/milter
+		printf 'eom?MARKED reply:550\\\\x205.7.1\\\\x20Marked\\\\x20by\\\\x20the\\\\x20filter\n' >/run/milter/script
+		systemd-run --quiet --unit=smtpd-test-milter-$1 python3 /srv/stage/milter.py serve $3 \
+			/run/milter/script /run/milter/$1.rec
+		sed 's/^ListenStream=25\$/ListenStream=$2/' /etc/systemd/system/smtpd.socket \
+			>/etc/systemd/system/smtpd-$1.socket
+		cp /etc/systemd/system/smtpd@.service /etc/systemd/system/smtpd-$1@.service
+		mkdir -p /etc/systemd/system/smtpd-$1@.service.d"
+	in_ct sh -euc "sed 's| -M .*| -M $3|' /srv/stage/readme/$4 >/etc/systemd/system/smtpd-$1@.service.d/milter.conf
+		grep -q '^ExecStart=.* -M $3\$' /etc/systemd/system/smtpd-$1@.service.d/milter.conf"
+	in_ct sh -euc "systemctl daemon-reload; systemctl start smtpd-$1.socket"
+}
+
+milter_variant_gone() { # NAME
+	in_ct sh -c "systemctl stop 'smtpd-$1@*' smtpd-$1.socket smtpd-test-milter-$1
+		rm -r /etc/systemd/system/smtpd-$1.socket /etc/systemd/system/smtpd-$1@.service*
+		systemctl daemon-reload"
+}
+
+@test "milter on a unix socket: README's drop-in; a marked message is refused, another delivered; the socket needs mode 0666 or group vmail" {
+	local before
+	milter_variant mu 2530 unix:/run/milter/mu.sock milter-unix.conf
+	in_ct cat /etc/systemd/system/smtpd-mu@.service.d/milter.conf
+	in_ct sh -c 'for i in $(seq 100); do [ -S /run/milter/mu.sock ] && break; sleep 0.1; done'
+	# root's socket, 0755: vmail may not write it
+	run swaks_to 127.0.0.1:2530 "plain, socket not writable"
+	echo "$output"
+	[[ $output == *"<** 451 4.7.1 Service unavailable, try again later"* ]]
+	journal -t smtpd -o cat | grep -q "milter-failed milter=unix:/run/milter/mu.sock stage=connect error=connect-failed"
+	in_ct sh -c 'chgrp vmail /run/milter/mu.sock && chmod 660 /run/milter/mu.sock'
+	before=$(in_ct sh -c "ls $BOX/alice/new | wc -l")
+	run swaks_to 127.0.0.1:2530 "plain, group vmail"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	in_ct chmod 666 /run/milter/mu.sock
+	run swaks_to 127.0.0.1:2530 "MARKED"
+	echo "$output"
+	[[ $output == *"<** 550 5.7.1 Marked by the filter"* ]]
+	[ "$(in_ct sh -c "ls $BOX/alice/new | wc -l")" -eq $((before + 1)) ]
+	in_ct grep -q 'Subject: plain, group vmail' "$BOX/alice/new/$(newest $BOX/alice)"
+	in_ct python3 /srv/stage/milter.py show /run/milter/mu.rec | grep -q '^macro connect .*{client_addr}=127.0.0.1 {client_name}=unknown {client_port}=[0-9]'
+	milter_variant_gone mu
+	[ -z "$(failed_units)" ]
+}
+
+@test "milter on loopback: the shipped sandbox keeps smtpd off it (451); README's drop-in lets it through" {
+	milter_variant mi 2531 inet:127.0.0.1:11332 milter-inet.conf
+	in_ct sh -c 'for i in $(seq 100); do ss -Hltn "sport = :11332" | grep -q LISTEN && break; sleep 0.1; done'
+	run swaks_to 127.0.0.1:2531 "MARKED"
+	echo "$output"
+	[[ $output == *"<** 550 5.7.1 Marked by the filter"* ]]
+	run swaks_to 127.0.0.1:2531 "over loopback"
+	[ "$status" -eq 0 ]
+	in_ct grep -q 'Subject: over loopback' "$BOX/alice/new/$(newest $BOX/alice)"
+	run in_ct systemd-analyze security --no-pager --threshold=10 smtpd-mi@0.service
+	echo "# with the loopback drop-in: $(echo "$output" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')" >&3
+	# without the drop-in's network keys, the shipped sandbox: no way to 127.0.0.1 of the host
+	in_ct sh -euc "sed -i '/^PrivateNetwork=/d; /^RestrictAddressFamilies=/d; /^IPAddress/d' \
+		/etc/systemd/system/smtpd-mi@.service.d/milter.conf; systemctl daemon-reload"
+	run swaks_to 127.0.0.1:2531 "sandboxed"
+	echo "$output"
+	[[ $output == *"<** 451 4.7.1 Service unavailable, try again later"* ]]
+	milter_variant_gone mi
+	[ -z "$(failed_units)" ]
+}
+
 # the first process of the container named $1 (no pgrep in the tree)
 pid_of() {
 	in_ct sh -c 'for d in /proc/[0-9]*; do [ "$(cat "$d/comm" 2>/dev/null)" = "$1" ] && { echo "${d#/proc/}"; break; }; done; true' - "$1"

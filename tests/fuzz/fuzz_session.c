@@ -3,7 +3,9 @@
  * the contract promises and aborts when a promise is broken.
  *
  * The first byte chooses the mode (bit 0 templates, 1 LMTP, 2 PROXY, 3 STARTTLS offered, 4 one
- * fd for TLS control and input). With STARTTLS the rest is "clear text" TLS_SEP "launcher's
+ * fd for TLS control and input, 5 milter replies instead of a session: the second byte is the
+ * event, the rest what a milter sent in answer, and a refusal must come out as one well-formed
+ * reply line). With STARTTLS the rest is "clear text" TLS_SEP "launcher's
  * details" TLS_SEP "text under TLS": the control fd is a socketpair whose other end holds the
  * details, the read and write fds are two more files, as a UCSPI-TLS launcher would give them;
  * with bit 4 the text under TLS follows the details on the control fd itself. */
@@ -178,6 +180,35 @@ static size_t read_all(int fd, char *buf, size_t size)
 	return (size_t)n;
 }
 
+/* A refusal a milter gave: one reply line of the verdict's class, "ddd c.d.d text", printable
+ * ASCII only, short enough for RFC 5321. */
+static void check_milter_reply(int verdict, const char *reply)
+{
+	size_t len = strlen(reply);
+
+	if (verdict != MV_REJECT && verdict != MV_TEMPFAIL)
+		return;
+	if (len < 9 || len > LINE_MAX_OCTETS - 2 || reply[0] != (verdict == MV_REJECT ? '5' : '4') ||
+	    reply[3] != ' ' || reply[4] != reply[0] || reply[5] != '.')
+		abort();
+	for (size_t i = 0; i < len; i++)
+		if (reply[i] < 0x20 || reply[i] > 0x7e || (i < 3 && (reply[i] < '0' || reply[i] > '9')))
+			abort();
+}
+
+static int fuzz_milter(const unsigned char *data, size_t size)
+{
+	static const char events[] = "CHMRTLNBEO";
+	char reply[LINE_MAX_OCTETS];
+
+	if (size < 2)
+		return 0;
+	int verdict = milter_parse_replies(events[data[1] % (sizeof events - 1)], data + 2, size - 2,
+					   reply, sizeof reply);
+	check_milter_reply(verdict, reply);
+	return 0;
+}
+
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
 	static const char ready[] = "220 2.0.0 Ready to start TLS\r\n";
@@ -194,6 +225,9 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 		.tls = size > 0 && (data[0] & 8),
 	};
 	bool one_fd = size > 0 && (data[0] & 16);
+
+	if (size > 0 && (data[0] & 32))
+		return fuzz_milter(data, size);
 	const unsigned char *clear = data + (size > 0), *info = NULL, *secret = NULL;
 	size_t pos = size > 0, clear_len = size > 0 ? size - 1 : 0, info_len = 0, secret_len = 0;
 	int ctl[2];
