@@ -1222,7 +1222,7 @@ static int md_spool_move(struct md_txn *txn)
 static int md_spool_failed(struct md_txn *txn, const char *op, int e)
 {
 	if (!txn->each_alone) {
-		md_fail(txn, op, e);
+		md_fail_all(txn, op, e);
 		return -1;
 	}
 	md_box_fail(txn, txn->spool_box, op, e);
@@ -1244,9 +1244,9 @@ enum md_result md_begin(struct md_txn *txn)
 		int e = md_spool_in(txn, i, &op);
 		if (e == 0)
 			return MD_OK;
-		if (!txn->each_alone)
-			return md_fail(txn, op, e);
 		md_box_fail(txn, i, op, e);
+		if (!txn->each_alone)
+			break;
 	}
 	return txn->fail_result;
 }

@@ -9,9 +9,12 @@
  *   FAULT_ERRNO=ENOSPC    ENOSPC EDQUOT EIO EACCES EROFS EXDEV EMFILE EFBIG EPERM ENOTSUP
  *                         EMLINK ENOENT EINTR ENFILE (default EIO); a failed close still
  *                         closes;
- *                         EEXIST for mkdir makes the directory first, as a concurrent
- *                         session winning the race would
+ *                         EEXIST for mkdir and mkdirat makes the directory first, as a
+ *                         concurrent session winning the race would
  *   FAULT_TRACE=file      append one line per counted call: "<function>"
+ *   FAULT_OWNERS=file     append one line per write(2) to a regular file, whatever
+ *                         FAULT_CALL says: "<file's uid>:<gid> fsuid=<fsuid>:<fsgid>", the
+ *                         file's owner and who writes, at that moment
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -20,6 +23,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/fsuid.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -91,8 +96,31 @@ static int should_fail(const char *fn)
 
 #define REAL(fn) ((__typeof__(&fn))dlsym(RTLD_NEXT, #fn))
 
+/* One FAULT_OWNERS line for a write to fd: setfsuid(-1) changes nothing and tells the
+ * current file-system ids. */
+static void trace_owner(int fd)
+{
+	const char *path = getenv("FAULT_OWNERS");
+	struct stat st;
+	char line[96];
+
+	if (path == NULL || REAL(fstat)(fd, &st) != 0 || !S_ISREG(st.st_mode))
+		return;
+	int e = errno, n = snprintf(line, sizeof line, "%u:%u fsuid=%d:%d\n", (unsigned)st.st_uid,
+				    (unsigned)st.st_gid, setfsuid((uid_t)-1), setfsgid((gid_t)-1));
+	int out = REAL(open)(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (out >= 0) {
+		if (REAL(write)(out, line, (size_t)n) < 0)
+			(void)0;
+		REAL(close)(out);
+	}
+	errno = e;
+}
+
 ssize_t write(int fd, const void *buf, size_t len)
 {
+	if (fd > 2)
+		trace_owner(fd);
 	if (fd > 2 && should_fail("write"))
 		return -1;
 	return REAL(write)(fd, buf, len);
@@ -165,7 +193,11 @@ int mkdir(const char *path, mode_t mode)
 
 int mkdirat(int dir, const char *path, mode_t mode)
 {
-	return should_fail("mkdirat") ? -1 : REAL(mkdirat)(dir, path, mode);
+	if (!should_fail("mkdirat"))
+		return REAL(mkdirat)(dir, path, mode);
+	if (errno == EEXIST && REAL(mkdirat)(dir, path, mode) == 0)
+		errno = EEXIST;
+	return -1;
 }
 
 int link(const char *from, const char *to)
