@@ -1417,22 +1417,37 @@ static void md_publish_all(struct md_txn *txn, bool all_or_nothing)
 	}
 }
 
+/* Takes name out of box i's tmp/ or new/ (then fsynced). Should no descriptor be had for the
+ * directory (EMFILE, ENOMEM), its path still reaches the name: one no one else uses. */
+static void md_unlink_in(const struct md_txn *txn, size_t i, const char *sub, const char *name)
+{
+	char path[MD_PATH_MAX + MD_NAME_MAX + 8];
+	struct text t = text_on(path, sizeof path);
+	int dir = md_open_sub(txn, i, sub);
+
+	if (dir >= 0) {
+		if (unlinkat(dir, name, 0) == 0 && strcmp(sub, "new") == 0)
+			(void)fsync(dir);
+		md_close_sub(dir);
+		return;
+	}
+	text_add(&t, txn->boxes[i].path);
+	text_add(&t, "/");
+	text_add(&t, sub);
+	text_add(&t, "/");
+	text_add(&t, name);
+	if (!t.cut)
+		unlinkat(AT_FDCWD, path, 0);
+}
+
 /* What failed leaves nothing: not in new/ (removed, and the removal made durable) nor in
  * tmp/. Only a box that failed after its rename was ever visible. */
 static void md_clean(struct md_txn *txn, size_t i)
 {
-	if (md_published[i] && txn->boxes[i].result != MD_OK) {
-		int new = md_open_sub(txn, i, "new");
-		if (new >= 0 && unlinkat(new, md_final, 0) == 0)
-			(void)fsync(new);
-		md_close_sub(new);
-	}
-	if (i != txn->spool_box && md_staged[i] && !md_published[i]) {
-		int tmp = md_open_sub(txn, i, "tmp");
-		if (tmp >= 0)
-			unlinkat(tmp, md_name, 0);
-		md_close_sub(tmp);
-	}
+	if (md_published[i] && txn->boxes[i].result != MD_OK)
+		md_unlink_in(txn, i, "new", md_final);
+	if (i != txn->spool_box && md_staged[i] && !md_published[i])
+		md_unlink_in(txn, i, "tmp", md_name);
 	md_staged[i] = md_published[i] = false;
 }
 

@@ -555,8 +555,6 @@ full_tmpfs_session() {
 	need_root
 	user_maildir alice 2001
 	user_maildir bob 2002
-	# the shim writes it as whoever smtpd writes as
-	printf '' > "$T/owners" && chmod 666 "$T/owners"
 	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<alice@h>\r\nRCPT TO:<bob@h>\r\nDATA\r\nSubject: owners\r\n\r\nhi\r\n.\r\nQUIT\r\n' |
 		FAULT_OWNERS=$T/owners LD_PRELOAD=$SHIM "$SMTPD" -h test.example -m "$T/home/%u/Maildir" > "$T/out" 2> "$T/err"
 	grep -q '^250 2.0.0 .* delivered' "$T/out"

@@ -58,20 +58,31 @@ static int fault_errno(unsigned long skip)
 	return EIO;
 }
 
+/* Appends text to the file at path as the process's own user, whoever smtpd writes as at the
+ * moment (as root it may write under a Maildir owner's file-system uid). */
+static void append(const char *path, const char *text, size_t len)
+{
+	ssize_t (*real_write)(int, const void *, size_t) = dlsym(RTLD_NEXT, "write");
+	int (*real_open)(const char *, int, ...) = dlsym(RTLD_NEXT, "open");
+	int e = errno, fsuid = setfsuid(geteuid()), fsgid = setfsgid(getegid());
+	int fd = real_open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+
+	if (fd >= 0 && real_write(fd, text, len) < 0)
+		(void)0;
+	if (fd >= 0)
+		((int (*)(int))dlsym(RTLD_NEXT, "close"))(fd); /* not ours: that would trace itself */
+	setfsgid((gid_t)fsgid);
+	setfsuid((uid_t)fsuid);
+	errno = e;
+}
+
 static void trace(const char *fn)
 {
 	const char *path = getenv("FAULT_TRACE");
-	ssize_t (*real_write)(int, const void *, size_t) = dlsym(RTLD_NEXT, "write");
+	char line[64];
 
-	if (path == NULL)
-		return;
-	int (*real_open)(const char *, int, ...) = dlsym(RTLD_NEXT, "open");
-	int fd = real_open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return;
-	if (real_write(fd, fn, strlen(fn)) < 0 || real_write(fd, "\n", 1) < 0)
-		(void)0;
-	((int (*)(int))dlsym(RTLD_NEXT, "close"))(fd); /* not ours: that would trace itself */
+	if (path != NULL)
+		append(path, line, (size_t)snprintf(line, sizeof line, "%s\n", fn));
 }
 
 /* True when this call is the one chosen to fail. */
@@ -106,15 +117,9 @@ static void trace_owner(int fd)
 
 	if (path == NULL || REAL(fstat)(fd, &st) != 0 || !S_ISREG(st.st_mode))
 		return;
-	int e = errno, n = snprintf(line, sizeof line, "%u:%u fsuid=%d:%d\n", (unsigned)st.st_uid,
-				    (unsigned)st.st_gid, setfsuid((uid_t)-1), setfsgid((gid_t)-1));
-	int out = REAL(open)(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-	if (out >= 0) {
-		if (REAL(write)(out, line, (size_t)n) < 0)
-			(void)0;
-		REAL(close)(out);
-	}
-	errno = e;
+	int n = snprintf(line, sizeof line, "%u:%u fsuid=%d:%d\n", (unsigned)st.st_uid,
+			 (unsigned)st.st_gid, setfsuid((uid_t)-1), setfsgid((gid_t)-1));
+	append(path, line, (size_t)n);
 }
 
 ssize_t write(int fd, const void *buf, size_t len)
