@@ -652,3 +652,38 @@ full_tmpfs_session() {
 		grep -q " refused .*to=<m2@h> reply=550 code=5.1.1 reason=no-such-user path=$T/home/m2/Maildir detail=directory-missing$" "$T/err"
 	done
 }
+
+# break_own_tmp: alice removes her tmp/ during the data and puts a file in its place
+break_own_tmp() {
+	local spool
+	spool=$(first_file_in "$T/home/alice/Maildir/tmp")
+	as_uid 2001 sh -c 'rm -f "$1/$2" && rmdir "$1" && echo mine > "$1"' sh "$T/home/alice/Maildir/tmp" "$spool"
+}
+
+@test "root: alice breaks her own tmp/ during the data: in SMTP the message fails for bob too (451, nothing left), in LMTP bob gets it" {
+	need_root
+	local proto
+	for proto in SMTP LMTP; do
+		rm -rf "$T/home" "$T/fifo"
+		user_maildir alice 2001
+		user_maildir bob 2002
+		if [ "$proto" = LMTP ]; then fifo_start -L -m "$T/home/%u/Maildir"; else fifo_start -m "$T/home/%u/Maildir"; fi
+		printf '%s c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<alice@h>\r\nRCPT TO:<bob@h>\r\nDATA\r\nSubject: broken\r\n\r\nbody\r\n' \
+			"$([ "$proto" = LMTP ] && echo LHLO || echo HELO)" >&4
+		break_own_tmp
+		printf '.\r\nQUIT\r\n' >&4
+		fifo_end
+		tr -d '\r' < "$T/out" | sed -n '/^354 /,$p' > "$T/final"
+		if [ "$proto" = SMTP ]; then
+			[ "$(sed -n 2p "$T/final")" = '451 4.3.0 Local error in delivery' ]
+			[ -z "$(find "$T/home/bob/Maildir" -type f)" ]
+			grep -q ' failed .*to=<bob@h> .*op=withdrawn ' "$T/err"
+		else
+			[ "$(sed -n 2p "$T/final")" = '451 4.3.0 Local error in delivery' ]
+			sed -n 3p "$T/final" | grep -q '^250 2.0.0 .* delivered'
+			[ "$(ls "$T/home/bob/Maildir/new" | wc -l)" -eq 1 ]
+			[ -z "$(ls "$T/home/bob/Maildir/tmp")" ]
+		fi
+		grep -q ' failed .*to=<alice@h> .*op=rename-into-new errno=ENOENT ' "$T/err"
+	done
+}
