@@ -51,6 +51,7 @@ static struct {
 
 static bool md_as_root;                   /* euid 0: files get their Maildir's owner */
 static gid_t md_root_gid;                 /* the file-system group to come back to */
+static bool md_fs_other;                  /* md_fs_as took another file-system identity */
 static bool md_no_create;                 /* the address probe: look, make nothing */
 static char md_host[MD_HOST_MAX];         /* gethostname(), escaped, once */
 static unsigned long md_counter;          /* the Q<n> of the id */
@@ -91,10 +92,11 @@ int md_txn_init(struct md_txn *txn, size_t max_boxes)
 /* Back to root's file-system identity, whose rights open every Maildir. */
 static void md_fs_root(void)
 {
-	if (!md_as_root)
+	if (!md_fs_other)
 		return;
 	setfsuid(0);
 	setfsgid(md_root_gid);
+	md_fs_other = false;
 }
 
 /* As root, what is made or written for a Maildir is made and written under its owner's
@@ -104,6 +106,7 @@ static int md_fs_as(uid_t uid, gid_t gid)
 {
 	if (!md_as_root || (uid == 0 && gid == md_root_gid))
 		return 0;
+	md_fs_other = true;
 	setfsgid(gid);
 	setfsuid(uid);
 	/* setfsuid() reports no error: asking again tells whether it took. */
@@ -1118,9 +1121,20 @@ static int md_write_all(int fd, const unsigned char *buf, size_t len)
 	return 0;
 }
 
-/* The first len bytes of the file at from, read back into to; *reading tells which side
+/* As root, bytes for a Maildir are written as its owner (md_fs_as), and only while they are
+ * written: nothing else the process does between two writes runs under another identity. */
+static int md_write_as(const struct md_box *box, int fd, const void *buf, size_t len)
+{
+	if (md_fs_as(box->uid, box->gid) != 0)
+		return -1;
+	int r = md_write_all(fd, buf, len), e = errno;
+	md_fs_root();
+	return errno = e, r;
+}
+
+/* The first len bytes of the file at from, read back into to, box's; *reading tells which side
  * failed. */
-static int md_copy_bytes(int from, int to, uint64_t len, bool *reading)
+static int md_copy_bytes(int from, int to, const struct md_box *box, uint64_t len, bool *reading)
 {
 	for (uint64_t off = 0; off < len;) {
 		uint64_t left = len - off;
@@ -1132,17 +1146,16 @@ static int md_copy_bytes(int from, int to, uint64_t len, bool *reading)
 		if (n <= 0)
 			return n == 0 ? (errno = EIO, -1) : -1;
 		*reading = false;
-		if (md_write_all(to, md_copy_buf, (size_t)n) != 0)
+		if (md_write_as(box, to, md_copy_buf, (size_t)n) != 0)
 			return -1;
 		off += (uint64_t)n;
 	}
 	return 0;
 }
 
-/* The spool goes: closed, its name taken out of tmp/, root's identity back. */
+/* The spool goes: closed, and its name taken out of tmp/. */
 static void md_spool_drop(struct md_txn *txn)
 {
-	md_fs_root();
 	if (txn->spool_fd >= 0)
 		close(txn->spool_fd);
 	txn->spool_fd = -1;
@@ -1153,8 +1166,8 @@ static void md_spool_drop(struct md_txn *txn)
 	md_spool_tmp = -1;
 }
 
-/* A new spool in box i's tmp/, its owner's before its first byte and written as that owner;
- * 0, or an errno with the step that failed. */
+/* A new spool in box i's tmp/, its owner's before its first byte; 0, or an errno with the step
+ * that failed. */
 static int md_spool_in(struct md_txn *txn, size_t i, const char **op)
 {
 	const struct md_box *box = &txn->boxes[i];
@@ -1174,7 +1187,7 @@ static int md_spool_in(struct md_txn *txn, size_t i, const char **op)
 	txn->spool_fd = fd;
 	txn->spool_box = i;
 	*op = "chown";
-	if (md_give(fd, box) != 0 || md_fs_as(box->uid, box->gid) != 0) {
+	if (md_give(fd, box) != 0) {
 		e = errno;
 		md_spool_drop(txn);
 		return e;
@@ -1194,13 +1207,13 @@ static int md_spool_move(struct md_txn *txn)
 
 	txn->spool_fd = md_spool_tmp = -1;
 	md_spool_in_tmp = false;
-	md_fs_root();
 	unlinkat(old_tmp, md_name, 0);
 	md_close_sub(old_tmp);
 	for (size_t i = md_next_ok(txn, txn->spool_box + 1); i < txn->box_count;
 	     i = md_next_ok(txn, i + 1)) {
 		int e = md_spool_in(txn, i, &op);
-		if (e == 0 && md_copy_bytes(old, txn->spool_fd, txn->stored_bytes, &reading) == 0)
+		if (e == 0 && md_copy_bytes(old, txn->spool_fd, &txn->boxes[i], txn->stored_bytes,
+					    &reading) == 0)
 			break;
 		if (e == 0) {
 			e = errno;
@@ -1255,7 +1268,7 @@ enum md_result md_write(struct md_txn *txn, const void *buf, size_t len)
 {
 	if (txn->spool_fd < 0)
 		return md_fail(txn, "write", EBADF);
-	while (md_write_all(txn->spool_fd, buf, len) != 0)
+	while (md_write_as(&txn->boxes[txn->spool_box], txn->spool_fd, buf, len) != 0)
 		if (md_spool_failed(txn, "write", errno) != 0)
 			return txn->fail_result;
 	txn->stored_bytes += len;
@@ -1295,8 +1308,8 @@ static bool md_owned_as_spool(const struct md_txn *txn, size_t i)
 	return !md_as_root || (a->uid == b->uid && a->gid == b->gid);
 }
 
-/* A copy of the spool into tmp/, its owner's before its first byte and written as that owner,
- * then fsynced; 0 or an errno, naming the step. */
+/* A copy of the spool into tmp/, its owner's before its first byte, then fsynced; 0 or an
+ * errno, naming the step. */
 static int md_copy_file(struct md_txn *txn, size_t i, int tmp, const char **op)
 {
 	const struct md_box *box = &txn->boxes[i];
@@ -1307,14 +1320,13 @@ static int md_copy_file(struct md_txn *txn, size_t i, int tmp, const char **op)
 	*op = "create-copy";
 	if (fd < 0)
 		return errno;
-	if (*op = "chown-copy", md_give(fd, box) != 0 || md_fs_as(box->uid, box->gid) != 0)
+	if (*op = "chown-copy", md_give(fd, box) != 0)
 		e = errno;
 	else if (*op = "write-copy",
-		 md_copy_bytes(txn->spool_fd, fd, txn->stored_bytes, &reading) != 0)
+		 md_copy_bytes(txn->spool_fd, fd, box, txn->stored_bytes, &reading) != 0)
 		e = errno;
 	else if (*op = "fsync-copy", fsync(fd) != 0)
 		e = errno;
-	md_fs_root();
 	if (close(fd) != 0 && e == 0)
 		*op = "close-copy", e = errno;
 	if (e != 0)
@@ -1362,7 +1374,6 @@ static bool md_stage_all(struct md_txn *txn, bool all_or_nothing)
 	while (fsync(txn->spool_fd) != 0)
 		if (md_spool_failed(txn, "fsync", errno) != 0)
 			return false;
-	md_fs_root();
 	for (size_t i = md_next_ok(txn, 0); i < txn->box_count; i = md_next_ok(txn, i + 1)) {
 		if (i != txn->spool_box)
 			md_stage(txn, i);
@@ -1485,9 +1496,11 @@ static void md_count(const struct md_txn *txn, size_t i)
 
 	text_add_num(&t, txn->stored_bytes, 0);
 	text_add(&t, " 1\n");
-	if (fd >= 0 && md_quota_file_ok(fd, box->uid) && write(fd, line, t.len) == (ssize_t)t.len &&
-	    box->quota.kept)
-		md_catch.quota.bytes += txn->stored_bytes, md_catch.quota.count++;
+	if (fd >= 0 && md_quota_file_ok(fd, box->uid) && md_write_as(box, fd, line, t.len) == 0 &&
+	    box->quota.kept) {
+		md_catch.quota.bytes += txn->stored_bytes;
+		md_catch.quota.count++;
+	}
 	if (fd >= 0)
 		close(fd);
 	if (dir >= 0 && dir != box->dir_fd)
