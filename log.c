@@ -40,7 +40,7 @@ static enum sink choose_sink(void)
 		return SINK_SYSLOG;
 	if (stderr_is_journal(&err))
 		return SINK_JOURNAL;
-	if (isatty(2))
+	if (S_ISCHR(err.st_mode) && isatty(2))
 		return SINK_STDERR;
 	if (fstat(0, &in) == 0 && in.st_dev == err.st_dev && in.st_ino == err.st_ino)
 		return SINK_SYSLOG;
@@ -122,18 +122,19 @@ static bool printable(uint32_t cp)
 static void keep_printable(struct text *t, const char *line)
 {
 	const unsigned char *p = (const unsigned char *)line;
-	size_t left = strlen(line);
 
-	while (left > 0 && !t->cut) {
+	while (*p != '\0' && !t->cut) {
+		size_t n = 0;
+		while (p[n] >= 0x20 && p[n] < 0x7f)
+			n++;
 		uint32_t cp = 0;
-		size_t n = *p >= 0x20 && *p < 0x7f ? 1 : *p >= 0x80 ? utf8_char(p, left, &cp) : 0;
-		if (n == 1 || (n > 1 && printable(cp)))
-			text_add_n(t, (const char *)p, n);
-		else
+		if (n == 0 && *p >= 0x80)
+			n = utf8_char(p, strlen((const char *)p), &cp);
+		if (n == 0 || (cp != 0 && !printable(cp)))
 			text_add_n(t, "?", 1);
-		n += n == 0;
-		p += n;
-		left -= n;
+		else
+			text_add_n(t, (const char *)p, n);
+		p += n > 0 ? n : 1;
 	}
 }
 

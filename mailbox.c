@@ -43,11 +43,10 @@ enum {
 /* The catch-all Maildir, opened once: it, its tmp/ and its new/ stay open for the whole
  * process, so that a message costs one openat() there, as few as a Maildir allows. */
 static struct {
-	char path[MD_PATH_MAX];
 	int fd, tmp_fd, new_fd;
 	struct stat st;
 	struct md_quota quota; /* quota.kept once its maildirsize was looked for */
-} md_catch = { "", -1, -1, -1, { 0 }, { 0 } };
+} md_catch = { -1, -1, -1, { 0 }, { 0 } };
 
 static bool md_as_root;                   /* euid 0: files get their Maildir's owner */
 static gid_t md_root_gid;                 /* the file-system group to come back to */
@@ -289,7 +288,9 @@ static int md_walk(int at, const char *path, struct md_links *links)
 			 O_PATH | O_DIRECTORY | O_CLOEXEC);
 
 	while (dir >= 0 && *path != '\0') {
-		size_t len = strcspn(path += strspn(path, "/"), "/");
+		while (*path == '/')
+			path++;
+		size_t len = strcspn(path, "/");
 		if (len == 0)
 			break;
 		if (len >= sizeof name) {
@@ -413,7 +414,6 @@ static void md_close_catch(void)
 			close(*fds[i]);
 		*fds[i] = -1;
 	}
-	md_catch.path[0] = '\0';
 	memset(&md_catch.st, 0, sizeof md_catch.st);
 	memset(&md_catch.quota, 0, sizeof md_catch.quota);
 }
@@ -548,14 +548,14 @@ static int md_catch_dir(const char *path, bool create)
 	if (fd < 0)
 		return -1;
 	md_catch.fd = fd;
-	text_copy(md_catch.path, sizeof md_catch.path, path);
 	return 0;
 }
 
 /* The catch-all, kept open once it is whole. */
 static int md_open_catch(const char *path, bool create)
 {
-	bool open = md_catch.fd >= 0 && strcmp(md_catch.path, path) == 0;
+	/* One process, one template: a catch-all's path is the same at every call. */
+	bool open = md_catch.fd >= 0;
 
 	if (open && (md_catch.tmp_fd >= 0 || !create))
 		return 0;
@@ -1084,7 +1084,7 @@ static int md_open_sub(const struct md_txn *txn, size_t i, const char *sub)
 	int dir = txn->boxes[i].dir_fd;
 
 	if (md_is_catch(dir))
-		return strcmp(sub, "tmp") == 0 ? md_catch.tmp_fd : md_catch.new_fd;
+		return sub[0] == 't' ? md_catch.tmp_fd : md_catch.new_fd; /* "tmp" or "new" */
 	if ((dir = md_box_dir(txn, i)) < 0)
 		return -1;
 	int fd = openat(dir, sub, MD_DIR_FLAGS), e = errno;
