@@ -1235,7 +1235,7 @@ static int md_spool_move(struct md_txn *txn)
 static int md_spool_failed(struct md_txn *txn, const char *op, int e)
 {
 	if (!txn->each_alone) {
-		md_fail_all(txn, op, e);
+		md_fail(txn, op, e);
 		return -1;
 	}
 	md_box_fail(txn, txn->spool_box, op, e);
@@ -1371,9 +1371,13 @@ static void md_stage_spool(struct md_txn *txn)
 /* The spool is made durable first; in LMTP a spool whose fsync fails moves on, as for a write. */
 static bool md_stage_all(struct md_txn *txn, bool all_or_nothing)
 {
-	while (fsync(txn->spool_fd) != 0)
-		if (md_spool_failed(txn, "fsync", errno) != 0)
+	while (fsync(txn->spool_fd) != 0) {
+		int e = errno;
+		if (md_spool_failed(txn, "fsync", e) != 0) {
+			md_fail_all(txn, "fsync", e); /* in LMTP, every box has failed already */
 			return false;
+		}
+	}
 	for (size_t i = md_next_ok(txn, 0); i < txn->box_count; i = md_next_ok(txn, i + 1)) {
 		if (i != txn->spool_box)
 			md_stage(txn, i);
