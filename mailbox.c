@@ -67,7 +67,7 @@ static char md_quota_text[MAILDIRSIZE_MAX + 1];
 static void md_find_root(void)
 {
 	md_as_root = geteuid() == 0;
-	md_root_gid = getegid();
+	md_root_gid = md_as_root ? getegid() : 0;
 }
 
 int md_txn_init(struct md_txn *txn, size_t max_boxes)
