@@ -1384,7 +1384,7 @@ static void refuse_rcpt(struct session *s, const char *to, enum reply_id id, boo
 	/* Each refusal is a log line: past the limit the session ends, so that the log grows no
 	 * faster than the session's own work (Postfix's smtpd_hard_error_limit, likewise reset
 	 * by a delivery). */
-	if (!s->done && ++s->refused_rcpts >= MAX_REFUSED_RCPT) {
+	if (!s->done && ++s->refused_rcpts > MAX_REFUSED_RCPT) {
 		reply_around(s, "421 4.7.0 ", s->cfg->hostname,
 			     " Too many refused recipients, closing");
 		end_session(s, EXIT_DROPPED, "too-many-refusals");

@@ -40,8 +40,8 @@ enum {
 	TLS_INFO_MAX = 16384,  /* the launcher's "VAR=value\0...\0\0" after STARTTLS */
 	TLS_NAME_MAX = 64,     /* what we keep of SSL_PROTOCOL or SSL_CIPHER */
 	MILTER_MAX = 4,        /* -M given more often is a usage error */
-	/* refused RCPTs since the last delivered message; the next ends the session: a whole
-	 * transaction at -r 1000 whose every recipient bounces stays below it */
+	/* refused RCPTs since the last delivered message; one more ends the session: a whole
+	 * transaction at -r 1000 whose every recipient bounces stays within it */
 	MAX_REFUSED_RCPT = 1000,
 	MAILDIRSIZE_MAX = 16384, /* a longer maildirsize is not added up (the reader's to redo) */
 	SPACE_RESERVE = 1048576, /* with SIZE=, free octets a file system keeps beyond it */
