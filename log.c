@@ -64,6 +64,80 @@ void log_open(void)
 		openlog("smtpd", LOG_PID, LOG_MAIL);
 }
 
+/* Code points a log line never carries as they are, though valid UTF-8: C1 controls (NEL and
+ * a terminal's CSI among them), white space other than the space (a reader splitting on
+ * Unicode white space would cut a value in two), the line and paragraph separators, and the
+ * invisible characters that reorder or hide text (bidi controls, zero widths, the BOM, tags). */
+static const struct {
+	uint32_t first, last;
+} log_unsafe[] = {
+	{ 0x0080, 0x00a0 },   /* C1 controls, no-break space */
+	{ 0x00ad, 0x00ad },   /* soft hyphen */
+	{ 0x061c, 0x061c },   /* Arabic letter mark */
+	{ 0x1680, 0x1680 },   /* Ogham space mark */
+	{ 0x180e, 0x180e },   /* Mongolian vowel separator */
+	{ 0x2000, 0x200f },   /* spaces, zero widths, LRM, RLM */
+	{ 0x2028, 0x202f },   /* line and paragraph separators, bidi embeddings, narrow space */
+	{ 0x205f, 0x206f },   /* math space, word joiner, invisible operators, bidi isolates */
+	{ 0x3000, 0x3000 },   /* ideographic space */
+	{ 0xfeff, 0xfeff },   /* zero-width no-break space (BOM) */
+	{ 0xfff9, 0xfffb },   /* interlinear annotation */
+	{ 0xe0000, 0xe007f }, /* tags */
+};
+
+/* The length of the valid UTF-8 sequence at p (RFC 3629: no overlong form, no surrogate,
+ * nothing past U+10FFFF) and its code point, or 0. */
+static size_t utf8_char(const unsigned char *p, size_t left, uint32_t *cp)
+{
+	size_t need = p[0] >= 0xc2 && p[0] <= 0xdf   ? 1
+		      : p[0] >= 0xe0 && p[0] <= 0xef ? 2
+		      : p[0] >= 0xf0 && p[0] <= 0xf4 ? 3
+						     : 0;
+	static const uint32_t min[4] = { 0, 0x80, 0x800, 0x10000 };
+
+	if (need == 0 || left <= need)
+		return 0;
+	*cp = p[0] & (0x3fu >> need);
+	for (size_t k = 1; k <= need; k++) {
+		if ((p[k] & 0xc0) != 0x80)
+			return 0;
+		*cp = *cp << 6 | (p[k] & 0x3fu);
+	}
+	if (*cp < min[need] || *cp > 0x10ffff || (*cp >= 0xd800 && *cp <= 0xdfff))
+		return 0;
+	return need + 1;
+}
+
+static bool printable(uint32_t cp)
+{
+	for (size_t i = 0; i < sizeof log_unsafe / sizeof log_unsafe[0]; i++)
+		if (cp >= log_unsafe[i].first && cp <= log_unsafe[i].last)
+			return false;
+	return true;
+}
+
+/* Log lines carry client text: printable ASCII and printable, valid UTF-8 pass; every other
+ * byte (C0 controls, DEL, anything not valid UTF-8) and every character of log_unsafe becomes
+ * one '?'. The text only shrinks. */
+static void keep_printable(struct text *t, const char *line)
+{
+	const unsigned char *p = (const unsigned char *)line;
+
+	while (*p != '\0' && !t->cut) {
+		size_t n = 0;
+		while (p[n] >= 0x20 && p[n] < 0x7f)
+			n++;
+		uint32_t cp = 0;
+		if (n == 0 && *p >= 0x80)
+			n = utf8_char(p, strlen((const char *)p), &cp);
+		if (n == 0 || (cp != 0 && !printable(cp)))
+			text_add_n(t, "?", 1);
+		else
+			text_add_n(t, (const char *)p, n);
+		p += n > 0 ? n : 1;
+	}
+}
+
 /* One write per line, so that lines of concurrent sessions sharing a log never interleave. */
 void log_text(enum log_level level, const char *line)
 {
@@ -78,11 +152,7 @@ void log_text(enum log_level level, const char *line)
 		text_add_n(&t, log_prefix, log_prefix_len);
 	}
 	start = t.len;
-	text_add(&t, line);
-	/* Log lines carry client text: nothing below a space gets through. */
-	for (size_t i = start; i < t.len; i++)
-		if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f)
-			buf[i] = '?';
+	keep_printable(&t, line);
 	if (log_sink == SINK_SYSLOG) {
 		syslog(LOG_MAIL | (int)level, "%s", buf + start);
 		return;

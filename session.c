@@ -58,6 +58,7 @@ enum reply_id {
 	RPL_BAD_NAME,
 	RPL_TEMP,
 	RPL_FULL,
+	RPL_MAILBOX_FULL,
 	RPL_LOOP,
 	RPL_TLS_GO,
 	RPL_TLS_ACTIVE,
@@ -112,6 +113,7 @@ static const struct {
 	[RPL_BAD_NAME] = { "550 5.1.3 Bad recipient name", false },
 	[RPL_TEMP] = { "451 4.3.0 Local error in delivery", false },
 	[RPL_FULL] = { "452 4.3.1 Insufficient system storage", false },
+	[RPL_MAILBOX_FULL] = { "452 4.2.2 Mailbox full", false },
 	[RPL_LOOP] = { "554 5.4.6 Too many Received headers (mail loop)", false },
 	[RPL_TLS_GO] = { "220 2.0.0 Ready to start TLS", false },
 	[RPL_TLS_ACTIVE] = { "503 5.5.1 TLS already active", true },
@@ -126,6 +128,7 @@ static const enum reply_id md_replies[] = {
 	[MD_TEMP] = RPL_TEMP,
 	[MD_FULL] = RPL_FULL,
 	[MD_TOO_MANY] = RPL_TOO_MANY_RCPT,
+	[MD_QUOTA] = RPL_MAILBOX_FULL,
 };
 
 /* Protocol states, as bits so the verb table can say where each verb is in sequence. */
@@ -170,6 +173,7 @@ struct session {
 	int exit_status;
 	const char *end_reason;
 	unsigned bad_commands;
+	unsigned refused_rcpts; /* since the last delivered message */
 	char helo[HELO_MAX + 1];
 	const char *protocol;
 	long long started_ms, last_input_ms;
@@ -225,9 +229,9 @@ static unsigned char lower(unsigned char c)
 
 static long long now_ms(void)
 {
-	struct timespec ts;
+	struct timespec ts = { 0, 0 }; /* a clock that fails reads as 0, never as stack garbage */
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	(void)clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -946,16 +950,19 @@ static void log_rejected(struct session *s)
 	log_text(L_WARN, line);
 }
 
-/* The reply for recipient i: in SMTP the transaction's, in LMTP its own Maildir's outcome. */
+/* The reply for recipient i: in SMTP the transaction's, in LMTP its own Maildir's outcome
+ * first, whatever became of the others. */
 static enum reply_id rcpt_outcome(const struct session *s, size_t i, enum md_result committed)
 {
 	enum md_result own = s->md.boxes[s->rcpts[i].box].result;
 
+	if (s->cfg->lmtp && own != MD_OK)
+		return md_replies[own];
 	if (s->txn_error != RPL_NONE)
 		return s->txn_error;
 	if (!s->cfg->lmtp)
 		return committed == MD_OK ? RPL_NONE : md_replies[committed];
-	return own == MD_OK ? RPL_NONE : md_replies[own];
+	return RPL_NONE;
 }
 
 /* The milters' verdict on the whole message, their header changes put into the spool; a discard
@@ -988,12 +995,12 @@ static void finish_message(struct session *s)
 	else if (mv == MV_DISCARD)
 		md_abort(&s->md), committed = MD_OK;
 	else
-		committed = md_commit(&s->md, !s->cfg->lmtp);
+		committed = md_commit(&s->md);
 	for (size_t i = 0; i < s->rcpt_count; i++) {
 		enum reply_id why = rcpt_outcome(s, i, committed);
 		if (why == RPL_NONE)
 			delivered++;
-		else if (s->txn_error == RPL_NONE)
+		else if (s->txn_error == RPL_NONE || s->md.boxes[s->rcpts[i].box].result != MD_OK)
 			log_failure(s, &s->rcpts[i], why);
 		if (i > 0 && !s->cfg->lmtp)
 			continue;
@@ -1004,6 +1011,7 @@ static void finish_message(struct session *s)
 	}
 	if (delivered > 0 && mv != MV_DISCARD) {
 		log_delivery(s);
+		s->refused_rcpts = 0;
 		s->messages++;
 		s->recipients += delivered;
 		s->bytes += s->md.stored_bytes;
@@ -1289,7 +1297,10 @@ static enum reply_id param_size(struct session *s, const char *value)
 		return RPL_BAD_SIZE;
 	errno = 0;
 	unsigned long long size = strtoull(value, NULL, 10);
-	return (errno == ERANGE || size > s->cfg->max_size) ? RPL_TOO_BIG : RPL_NONE;
+	if (errno == ERANGE || size > s->cfg->max_size)
+		return RPL_TOO_BIG;
+	s->md.declared_size = size;
+	return RPL_NONE;
 }
 
 static enum reply_id param_body(struct session *s, const char *value)
@@ -1359,6 +1370,7 @@ static void h_mail(struct session *s, char *arg)
 	char params[LINE_MAX_OCTETS]; /* as sent, for the milters: mail_params cuts them up */
 
 	s->smtputf8 = false;
+	s->md.declared_size = 0;
 	enum path_result pr = path ? parse_path(path, &a, &rest) : PATH_BAD;
 	if (pr == PATH_BAD || pr == PATH_BAD_UTF8 || pr == PATH_POSTMASTER) {
 		reply(s, pr == PATH_BAD_UTF8 ? RPL_BAD_UTF8 : RPL_BAD_SENDER);
@@ -1411,6 +1423,14 @@ static void refuse_rcpt(struct session *s, const char *to, enum reply_id id, boo
 	}
 	log_text(L_WARN, line);
 	reply(s, id);
+	/* Each refusal is a log line: past the limit the session ends, so that the log grows no
+	 * faster than the session's own work (Postfix's smtpd_hard_error_limit, likewise reset
+	 * by a delivery). */
+	if (!s->done && ++s->refused_rcpts > MAX_REFUSED_RCPT) {
+		reply_around(s, "421 4.7.0 ", s->cfg->hostname,
+			     " Too many refused recipients, closing");
+		end_session(s, EXIT_DROPPED, "too-many-refusals");
+	}
 }
 
 /* The path as the client wrote it, for the log of a recipient that could not be parsed. */
@@ -1936,6 +1956,8 @@ int smtp_session(struct config *cfg)
 		free(s->rcpts);
 		return EXIT_TEMPFAIL;
 	}
+	s->md.each_alone = cfg->lmtp;
+	s->md.detail_folders = cfg->detail_folders;
 	if (cfg->proxy && !read_proxy_header(s))
 		end_session(s, EXIT_DROPPED, "bad-proxy-header");
 	else
@@ -2021,6 +2043,7 @@ int smtp_probe(struct config *cfg, char **addrs, size_t count)
 		log_line(L_ERR, "out of memory");
 		return EXIT_TEMPFAIL;
 	}
+	txn.detail_folders = cfg->detail_folders;
 	for (size_t i = 0; i < count; i++)
 		all &= probe_one(cfg, &txn, addrs[i]);
 	md_txn_free(&txn);

@@ -49,6 +49,11 @@ enum {
 	MILTER_EDITS_MAX = 64,        /* header changes per message, all milters together */
 	MILTER_EDIT_BYTES = 65536,    /* the names and values of those changes, all together */
 	MILTER_NAME_MAX = 256,        /* a header field name, to or from a milter */
+	/* refused RCPTs since the last delivered message; one more ends the session: a whole
+	 * transaction at -r 1000 whose every recipient bounces stays within it */
+	MAX_REFUSED_RCPT = 1000,
+	MAILDIRSIZE_MAX = 16384, /* a longer maildirsize is not added up (the reader's to redo) */
+	SPACE_RESERVE = 1048576, /* with SIZE=, free octets a file system keeps beyond it */
 };
 
 /* The launcher's details after STARTTLS are read into the read buffer, with a NUL after. */
@@ -182,6 +187,17 @@ enum md_result {
 	MD_TEMP,      /* 451 4.3.0: any other failure */
 	MD_FULL,      /* 452 4.3.1: ENOSPC, EDQUOT, EFBIG */
 	MD_TOO_MANY,  /* 452 4.5.3: no room for another Maildir (fds) */
+	MD_QUOTA,     /* 452 4.2.2: over the Maildir's maildirsize quota */
+};
+
+/* A Maildir's Maildir++ quota, from its maildirsize (a +detail folder's is its Maildir's). */
+struct md_quota {
+	bool file;      /* maildirsize exists: each delivery appends its line to it */
+	bool known;     /* it was read whole and adds up: its limits are checked */
+	bool in_parent; /* the box is a +detail folder: the file is in the Maildir above */
+	bool kept;      /* the catch-all's: read once a process, then kept up to date */
+	uint64_t max_bytes, max_count; /* 0: no limit */
+	uint64_t bytes, count;         /* in use, when known */
 };
 
 /* One distinct Maildir in a transaction. */
@@ -191,7 +207,8 @@ struct md_box {
 	ino_t ino;
 	uid_t uid; /* the Maildir's owner: as root, the owner of what is delivered there */
 	gid_t gid;
-	enum md_result result; /* after md_commit: this box's outcome */
+	struct md_quota quota;
+	enum md_result result; /* this box's outcome: set when it fails, final after md_commit */
 	const char *fail_op;   /* when it failed: the call, and its errno */
 	int fail_errno;
 	char path[MD_PATH_MAX]; /* expanded path, for log lines */
@@ -202,24 +219,30 @@ struct md_box {
 struct md_txn {
 	struct md_box *boxes; /* md_txn_init allocates max_boxes of them */
 	size_t box_count, max_boxes;
-	int spool_fd; /* -1, or the file in tmp/ of boxes[0] */
+	bool each_alone;        /* LMTP: a box's failure is its own (the caller sets it once) */
+	bool detail_folders;    /* -e: user+detail@ into the folder .detail/ (likewise) */
+	uint64_t declared_size; /* MAIL's SIZE=, or 0: checked against quota and space at RCPT */
+	int spool_fd;           /* -1, or the file in tmp/ of boxes[spool_box] */
+	size_t spool_box;
 	uint64_t stored_bytes;
 	char id[MSG_ID_MAX]; /* "<sec>.M<usec>P<pid>Q<n>", set by md_begin */
-	const char *fail_op; /* on failure: the call that failed, for the log */
+	const char *fail_op; /* on failure: the first call that failed, for the log */
 	int fail_errno;
+	enum md_result fail_result; /* and what it means for the message */
 	char why_path[MD_PATH_MAX]; /* after md_add refused: the path that decided, or "" */
 	int why_errno;              /* and the errno of a failure that was not the sender's, or 0 */
 };
 
-/* At start-up: the catch-all made if missing (its parent must exist), or the directory a
- * template's placeholders start in present. -1 with errno; path names what was checked. */
+/* At start-up: the catch-all's parent present (the catch-all itself is opened if it exists,
+ * made by the first recipient if not), or the directory a template's placeholders start in
+ * present. -1 with errno; path names what was checked. */
 int md_check_store(const char *tmpl, char *path, size_t size);
 int md_txn_init(struct md_txn *txn, size_t max_boxes);
 enum md_result md_add(struct md_txn *txn, const char *tmpl, const char *local, const char *domain,
 		      size_t *box_index);
 enum md_result md_begin(struct md_txn *txn);
 enum md_result md_write(struct md_txn *txn, const void *buf, size_t len);
-enum md_result md_commit(struct md_txn *txn, bool all_or_nothing);
+enum md_result md_commit(struct md_txn *txn);
 /* The spool rewritten for a milter's header changes: write_head writes the new start of the
  * message into a new file, the old spool from offset keep on follows, and the new file takes
  * the spool's name and place. On failure the spool stays as it was. */

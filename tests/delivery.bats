@@ -119,7 +119,7 @@ swap_during_data() {
 	cmp "$a" "$b"
 }
 
-@test "root: a link to bob's Maildir made by mallory is refused (451 4.3.0, nothing in bob's); bob's own alias works" {
+@test "root: a link to bob's Maildir made by mallory is refused (550 5.1.1, as a missing Maildir; nothing in bob's); bob's own alias works" {
 	need_root
 	user_maildir bob 2002
 	mkdir -p "$T/home/mallory" "$T/home/bobby"
@@ -129,7 +129,8 @@ swap_during_data() {
 	as_uid 2002 ln -s "$T/home/bob/Maildir" "$T/home/bobby/Maildir"
 	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<mallory@h>\r\nRCPT TO:<bobby@h>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n' |
 		"$SMTPD" -h test.example -m "$T/home/%u/Maildir" > "$T/out" 2> "$T/err"
-	sed -n 4p "$T/out" | grep -q '^451 4.3.0 '
+	sed -n 4p "$T/out" | grep -q '^550 5.1.1 '
+	grep -q ' refused .*to=<mallory@h> .* errno=EPERM$' "$T/err"
 	sed -n 5p "$T/out" | grep -q '^250 2.1.5 '
 	grep -q '^250 2.0.0 .* delivered' "$T/out"
 	[ "$(ls "$T/home/bob/Maildir/new" | wc -l)" -eq 1 ]
@@ -498,4 +499,191 @@ rcpt_reply() {
 		"$SMTPD" -h test.example -m "$T/m/Maildir" > "$T/out" 2> "$T/err" || true
 	grep -q '^421 4.3.0 .*Mail store unavailable' "$T/out"
 	[ -z "$(find "$T/home/bob/Maildir" -type f)" ]
+}
+
+# ---- one recipient never holds back another ----
+
+@test "LMTP: tmp/ of the first recipient replaced by a file after its RCPT: it alone gets 451 4.3.0, the second gets the mail" {
+	mkdir -p "$T/y/"{b,c}/{cur,new,tmp}
+	fifo_start -L -m "$T/%d/%u"
+	printf 'LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\n' >&4
+	local i
+	for i in $(seq 250); do [ "$(grep -c '^250 2.1.5' "$T/out")" -eq 2 ] && break; sleep 0.02; done
+	rmdir "$T/y/b/tmp" && printf 'a file\n' > "$T/y/b/tmp"
+	printf 'DATA\r\nSubject: isolated\r\n\r\nhi\r\n.\r\nQUIT\r\n' >&4
+	fifo_end
+	tr -d '\r' < "$T/out" | sed -n '/^354 /,$p' | sed -n '2,3p' > "$T/final"
+	grep -q '^451 4.3.0 ' <(sed -n 1p "$T/final")
+	grep -q '^250 2.0.0 .* delivered' <(sed -n 2p "$T/final")
+	grep -q ' failed .*to=<b@y> .*op=open-tmp errno=ENOTDIR reply=451 code=4.3.0$' "$T/err"
+	[ "$(ls "$T/y/c/new" | wc -l)" -eq 1 ]
+	grep -qx 'Subject: isolated' "$T"/y/c/new/*
+	[ -z "$(find "$T/y/c/tmp" "$T/y/b/new" -type f)" ]
+}
+
+# full_tmpfs_session SMTPD-ARGS...: bob's Maildir on a full 64 KiB tmpfs (a private mount),
+# alice's on the ordinary file system; $T/in is the client's input
+full_tmpfs_session() {
+	command -v unshare >/dev/null || skip "unshare is not installed"
+	unshare -m true 2>/dev/null || skip "mount namespaces are not allowed here"
+	mkdir -p "$T/full" "$T/y/alice/"{cur,new,tmp}
+	run unshare -m sh -c '
+		mount -t tmpfs -o size=64k tmpfs "$1" || exit 90
+		mkdir -p "$1/bob/cur" "$1/bob/new" "$1/bob/tmp" && ln -s "$1/bob" "$2/y/bob"
+		head -c 1048576 /dev/zero > "$1/fill" 2>/dev/null
+		shift 2
+		"$@" < "$T/in" > "$T/out" 2> "$T/err"
+		find "$T/full/bob" -type f > "$T/bob.files"
+	' sh "$T/full" "$T" "$SMTPD" -h test.example "$@"
+	[ "$status" -ne 90 ] || skip "mounting a tmpfs is not allowed here"
+}
+
+@test "LMTP: bob on a full 64 KiB tmpfs, alice elsewhere: alice gets the mail, bob 452 4.3.1" {
+	printf 'LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<bob@y>\r\nRCPT TO:<alice@y>\r\nDATA\r\nSubject: full\r\n\r\nfor both\r\n.\r\nQUIT\r\n' > "$T/in"
+	T=$T full_tmpfs_session -L -m "$T/y/%u"
+	tr -d '\r' < "$T/out" | sed -n '/^354 /,$p' | sed -n '2,3p' > "$T/final"
+	cat "$T/final" "$T/err"
+	grep -q '^452 4.3.1 ' <(sed -n 1p "$T/final")
+	grep -q '^250 2.0.0 .* delivered' <(sed -n 2p "$T/final")
+	grep -q ' failed .*to=<bob@y> .*op=write errno=ENOSPC reply=452 code=4.3.1$' "$T/err"
+	[ "$(ls "$T/y/alice/new" | wc -l)" -eq 1 ]
+	[ ! -s "$T/bob.files" ]
+	[ -z "$(ls "$T/y/alice/tmp")" ]
+}
+
+@test "root: the spool and every copy are their Maildir owner's before the first byte, and written as that owner" {
+	need_root
+	user_maildir alice 2001
+	user_maildir bob 2002
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<alice@h>\r\nRCPT TO:<bob@h>\r\nDATA\r\nSubject: owners\r\n\r\nhi\r\n.\r\nQUIT\r\n' |
+		FAULT_OWNERS=$T/owners LD_PRELOAD=$SHIM "$SMTPD" -h test.example -m "$T/home/%u/Maildir" > "$T/out" 2> "$T/err"
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	cat "$T/owners"
+	# one write of the spool (alice's), one of bob's copy
+	[ "$(wc -l < "$T/owners")" -eq 2 ]
+	[ "$(sed -n 1p "$T/owners")" = '2001:2001 fsuid=2001:2001' ]
+	[ "$(sed -n 2p "$T/owners")" = '2002:2002 fsuid=2002:2002' ]
+}
+
+@test "root: a full disk's blocks reserved for root are not used for a user's Maildir: 452 4.3.1" {
+	need_root
+	command -v mkfs.ext4 >/dev/null || skip "mkfs.ext4 is not installed"
+	unshare -m true 2>/dev/null || skip "mount namespaces are not allowed here"
+	truncate -s 4M "$T/ext4.img"
+	mkfs.ext4 -q -m 50 "$T/ext4.img"
+	mkdir "$T/mnt"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<u@y>\r\nDATA\r\nSubject: reserved\r\n\r\nhi\r\n.\r\nQUIT\r\n' > "$T/in"
+	run unshare -m sh -c '
+		mount -o loop "$1/ext4.img" "$1/mnt" 2>/dev/null || exit 90
+		mkdir -p "$1/mnt/u/cur" "$1/mnt/u/new" "$1/mnt/u/tmp" && chown -R 2001:2001 "$1/mnt/u"
+		setpriv --reuid 2001 --regid 2001 --clear-groups sh -c "head -c 8388608 /dev/zero > \"\$0/mnt/u/fill\"" "$1" 2>/dev/null
+		"$2" -h test.example -m "$1/mnt/%u" < "$1/in" > "$1/out" 2> "$1/err"
+		find "$1/mnt/u/new" "$1/mnt/u/tmp" -type f > "$1/left"
+	' sh "$T" "$SMTPD"
+	[ "$status" -ne 90 ] || skip "a loop device cannot be mounted here"
+	cat "$T/out" "$T/err"
+	grep -q '^452 4.3.1 ' "$T/out"
+	[ ! -s "$T/left" ]
+}
+
+@test "the catch-all is not made at start-up, nor for a refused recipient; the first accepted one makes it" {
+	mkdir "$T/c"
+	"$SMTPD" -h test.example -m "$T/c/Maildir" < /dev/null > "$T/out" 2> "$T/err" || true
+	[ ! -e "$T/c/Maildir" ]
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<"b/c"@y>\r\nRCPT TO:<bad@nowhere>\r\nQUIT\r\n' |
+		"$SMTPD" -h test.example -d y -m "$T/c/Maildir" > "$T/out" 2> "$T/err"
+	[ ! -e "$T/c/Maildir" ]
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nQUIT\r\n' |
+		"$SMTPD" -h test.example -m "$T/c/Maildir" > "$T/out" 2> "$T/err"
+	sed -n 4p "$T/out" | grep -q '^250 2.1.5 '
+	[ -d "$T/c/Maildir/cur" ] && [ -d "$T/c/Maildir/new" ] && [ -d "$T/c/Maildir/tmp" ]
+	# the parent must still exist at start-up
+	run "$SMTPD" -h test.example -m "$T/nothing/Maildir" < /dev/null
+	[ "$status" -eq 75 ]
+	[[ "$output" == "421 4.3.0 "* ]]
+}
+
+@test "root: a link by the owner of the catch-all's parent on its way makes root create nothing where it points: 421" {
+	need_root
+	mkdir -p "$T/vmhome" "$T/target"
+	chown 2001:2001 "$T/vmhome"
+	as_uid 2001 ln -s "$T/target" "$T/vmhome/store"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n' |
+		"$SMTPD" -h test.example -m "$T/vmhome/store/Maildir" > "$T/out" 2> "$T/err" || true
+	grep -q '^421 4.3.0 ' "$T/out"
+	grep -q "unavailable path=$T/vmhome/store/Maildir errno=EPERM " "$T/err"
+	[ -z "$(ls -A "$T/target")" ]
+}
+
+@test "root: a catch-all, its cur/ new/ tmp/ made by smtpd belong to the owner of where they are made; the next session delivers too" {
+	need_root
+	mkdir -p "$T/c/Maildir" "$T/d"
+	chown 2001:2001 "$T/c/Maildir"
+	chown 2002:2003 "$T/d"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n' > "$T/in"
+	local m i
+	for m in "$T/c/Maildir" "$T/d/Maildir"; do
+		for i in 1 2; do
+			"$SMTPD" -h test.example -m "$m" < "$T/in" > "$T/out" 2> "$T/err" || true
+			grep -q '^250 2.0.0 .* delivered' "$T/out" || { echo "$m, session $i:"; cat "$T/out" "$T/err"; return 1; }
+		done
+	done
+	[ "$(stat -c '%U %u:%g %a' "$T/c/Maildir/"{cur,new,tmp} | sort -u)" = "$(stat -c '%U' "$T/c/Maildir") 2001:2001 700" ]
+	[ "$(stat -c '%u:%g %a' "$T/d/Maildir" "$T/d/Maildir/"{cur,new,tmp} | sort -u)" = '2002:2003 700' ]
+	[ "$(stat -c '%u:%g' "$T"/d/Maildir/new/* | sort -u)" = '2002:2003' ]
+}
+
+@test "a user's link to a directory smtpd may not open, and one to nothing, get the same 550 5.1.1; the log tells them apart" {
+	need_root
+	mkdir -p "$T/home/m1" "$T/home/m2" "$T/secret/Maildir/"{cur,new,tmp}
+	chmod 700 "$T/secret"
+	chmod 755 "$T" "$T/home"
+	chown 2003:2003 "$T/home/m1" "$T/home/m2"
+	as_uid 2003 ln -s "$T/secret/Maildir" "$T/home/m1/Maildir"
+	as_uid 2003 ln -s "$T/nothing/Maildir" "$T/home/m2/Maildir"
+	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<m1@h>\r\nRCPT TO:<m2@h>\r\nQUIT\r\n' > "$T/in"
+	# as another user (vmail), and as root, whose rule refuses a link of another owner
+	local who
+	for who in 2005 0; do
+		as_uid "$who" "$SMTPD" -h test.example -m "$T/home/%u/Maildir" < "$T/in" > "$T/out" 2> "$T/err"
+		[ "$(sed -n 4p "$T/out" | tr -d '\r')" = '550 5.1.1 No such user' ] || { echo "as $who:"; cat "$T/out"; return 1; }
+		[ "$(sed -n 5p "$T/out" | tr -d '\r')" = '550 5.1.1 No such user' ]
+		grep -qE " refused .*to=<m1@h> reply=550 code=5.1.1 reason=no-such-user path=$T/home/m1/Maildir errno=(EACCES|EPERM)$" "$T/err"
+		grep -q " refused .*to=<m2@h> reply=550 code=5.1.1 reason=no-such-user path=$T/home/m2/Maildir detail=directory-missing$" "$T/err"
+	done
+}
+
+# break_own_tmp: alice removes her tmp/ during the data and puts a file in its place
+break_own_tmp() {
+	local spool
+	spool=$(first_file_in "$T/home/alice/Maildir/tmp")
+	as_uid 2001 sh -c 'rm -f "$1/$2" && rmdir "$1" && echo mine > "$1"' sh "$T/home/alice/Maildir/tmp" "$spool"
+}
+
+@test "root: alice breaks her own tmp/ during the data: in SMTP the message fails for bob too (451, nothing left), in LMTP bob gets it" {
+	need_root
+	local proto
+	for proto in SMTP LMTP; do
+		rm -rf "$T/home" "$T/fifo"
+		user_maildir alice 2001
+		user_maildir bob 2002
+		if [ "$proto" = LMTP ]; then fifo_start -L -m "$T/home/%u/Maildir"; else fifo_start -m "$T/home/%u/Maildir"; fi
+		printf '%s c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<alice@h>\r\nRCPT TO:<bob@h>\r\nDATA\r\nSubject: broken\r\n\r\nbody\r\n' \
+			"$([ "$proto" = LMTP ] && echo LHLO || echo HELO)" >&4
+		break_own_tmp
+		printf '.\r\nQUIT\r\n' >&4
+		fifo_end
+		tr -d '\r' < "$T/out" | sed -n '/^354 /,$p' > "$T/final"
+		if [ "$proto" = SMTP ]; then
+			[ "$(sed -n 2p "$T/final")" = '451 4.3.0 Local error in delivery' ]
+			[ -z "$(find "$T/home/bob/Maildir" -type f)" ]
+			grep -q ' failed .*to=<bob@h> .*op=withdrawn ' "$T/err"
+		else
+			[ "$(sed -n 2p "$T/final")" = '451 4.3.0 Local error in delivery' ]
+			sed -n 3p "$T/final" | grep -q '^250 2.0.0 .* delivered'
+			[ "$(ls "$T/home/bob/Maildir/new" | wc -l)" -eq 1 ]
+			[ -z "$(ls "$T/home/bob/Maildir/tmp")" ]
+		fi
+		grep -q ' failed .*to=<alice@h> .*op=rename-into-new errno=ENOENT ' "$T/err"
+	done
 }

@@ -9,9 +9,12 @@
  *   FAULT_ERRNO=ENOSPC    ENOSPC EDQUOT EIO EACCES EROFS EXDEV EMFILE EFBIG EPERM ENOTSUP
  *                         EMLINK ENOENT EINTR ENFILE (default EIO); a failed close still
  *                         closes;
- *                         EEXIST for mkdir makes the directory first, as a concurrent
- *                         session winning the race would
+ *                         EEXIST for mkdir and mkdirat makes the directory first, as a
+ *                         concurrent session winning the race would
  *   FAULT_TRACE=file      append one line per counted call: "<function>"
+ *   FAULT_OWNERS=file     append one line per write(2) to a regular file, whatever
+ *                         FAULT_CALL says: "<file's uid>:<gid> fsuid=<fsuid>:<fsgid>", the
+ *                         file's owner and who writes, at that moment
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -20,6 +23,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/fsuid.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,20 +58,31 @@ static int fault_errno(unsigned long skip)
 	return EIO;
 }
 
+/* Appends text to the file at path as the process's own user, whoever smtpd writes as at the
+ * moment (as root it may write under a Maildir owner's file-system uid). */
+static void append(const char *path, const char *text, size_t len)
+{
+	ssize_t (*real_write)(int, const void *, size_t) = dlsym(RTLD_NEXT, "write");
+	int (*real_open)(const char *, int, ...) = dlsym(RTLD_NEXT, "open");
+	int e = errno, fsuid = setfsuid(geteuid()), fsgid = setfsgid(getegid());
+	int fd = real_open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+
+	if (fd >= 0 && real_write(fd, text, len) < 0)
+		(void)0;
+	if (fd >= 0)
+		((int (*)(int))dlsym(RTLD_NEXT, "close"))(fd); /* not ours: that would trace itself */
+	setfsgid((gid_t)fsgid);
+	setfsuid((uid_t)fsuid);
+	errno = e;
+}
+
 static void trace(const char *fn)
 {
 	const char *path = getenv("FAULT_TRACE");
-	ssize_t (*real_write)(int, const void *, size_t) = dlsym(RTLD_NEXT, "write");
+	char line[64];
 
-	if (path == NULL)
-		return;
-	int (*real_open)(const char *, int, ...) = dlsym(RTLD_NEXT, "open");
-	int fd = real_open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return;
-	if (real_write(fd, fn, strlen(fn)) < 0 || real_write(fd, "\n", 1) < 0)
-		(void)0;
-	((int (*)(int))dlsym(RTLD_NEXT, "close"))(fd); /* not ours: that would trace itself */
+	if (path != NULL)
+		append(path, line, (size_t)snprintf(line, sizeof line, "%s\n", fn));
 }
 
 /* True when this call is the one chosen to fail. */
@@ -91,8 +107,25 @@ static int should_fail(const char *fn)
 
 #define REAL(fn) ((__typeof__(&fn))dlsym(RTLD_NEXT, #fn))
 
+/* One FAULT_OWNERS line for a write to fd: setfsuid(-1) changes nothing and tells the
+ * current file-system ids. */
+static void trace_owner(int fd)
+{
+	const char *path = getenv("FAULT_OWNERS");
+	struct stat st;
+	char line[96];
+
+	if (path == NULL || REAL(fstat)(fd, &st) != 0 || !S_ISREG(st.st_mode))
+		return;
+	int n = snprintf(line, sizeof line, "%u:%u fsuid=%d:%d\n", (unsigned)st.st_uid,
+			 (unsigned)st.st_gid, setfsuid((uid_t)-1), setfsgid((gid_t)-1));
+	append(path, line, (size_t)n);
+}
+
 ssize_t write(int fd, const void *buf, size_t len)
 {
+	if (fd > 2)
+		trace_owner(fd);
 	if (fd > 2 && should_fail("write"))
 		return -1;
 	return REAL(write)(fd, buf, len);
@@ -165,7 +198,11 @@ int mkdir(const char *path, mode_t mode)
 
 int mkdirat(int dir, const char *path, mode_t mode)
 {
-	return should_fail("mkdirat") ? -1 : REAL(mkdirat)(dir, path, mode);
+	if (!should_fail("mkdirat"))
+		return REAL(mkdirat)(dir, path, mode);
+	if (errno == EEXIST && REAL(mkdirat)(dir, path, mode) == 0)
+		errno = EEXIST;
+	return -1;
 }
 
 int link(const char *from, const char *to)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
 # Faults: every write, fsync, openat, linkat, renameat, mkdir and fchown of a session made to
-# fail in turn (tests/faultinject.c), watched by a reader of every new/ (inotifywait); a real
-# full disk, unwritable Maildirs, SIGKILL at random points.
+# fail in turn (tests/faultinject.c), watched by a reader of every new/ (inotifywait); in LMTP
+# the spool moving on from a Maildir that fails; a real full disk, unwritable Maildirs,
+# SIGKILL at random points.
 # Whatever fails, a message is in new/ only if its 250 was sent, a 250 is sent only when the
 # message is in new/ of every recipient, and nothing is left in tmp/.
 
@@ -215,6 +216,91 @@ check_wide() {
 	[ "$points" -ge 100 ]
 }
 
+# move_input: LMTP to b, c, d; as root c belongs to another user (fresh_maildirs), so that a
+# spool moving from b to c and on to d meets owners, links and copies. The message passes one
+# write buffer (128 KiB): a spool that moves after its first write is read back.
+move_input() {
+	printf 'LHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nRCPT TO:<c@y.example>\r\nRCPT TO:<d@y.example>\r\nDATA\r\nSubject: move\r\n\r\n'
+	head -c 150000 /dev/zero | tr '\0' m | fold -w 75 | sed 's/$/\r/'
+	printf 'moving on\r\n.\r\nQUIT\r\n'
+}
+
+# check_move: each accepted recipient's own reply after the data says whether its new/ holds
+# the file; a Maildir that failed or was refused holds nothing, and no tmp/ holds anything.
+# Sets MOVED when b (the spool's first Maildir) failed at one of the spool's steps and a later
+# recipient got the mail.
+check_move() {
+	local box reply accepted= k=0 i
+	MOVED=0
+	[ -z "$(find "$T"/root/y.example/*/tmp -type f)" ] || { echo "stray file in tmp/"; return 1; }
+	grep -qE '^(221|421) ' "$T/out" || { echo "the session did not end with 221 or 421"; return 1; }
+	tr -d '\r' < "$T/out" > "$T/out.lf"
+	for box in b c d; do
+		k=$((k + 1))
+		if sed -n '/^250 2\.1\.0 /,$p' "$T/out.lf" | sed -n "$((k + 1))p" | grep -q '^250 2\.1\.5 '; then
+			accepted=$accepted$box
+		elif [ -n "$(ls "$T/root/y.example/$box/new")" ]; then
+			echo "$box: refused at RCPT, and a file"
+			return 1
+		fi
+	done
+	if ! grep -q '^354 ' "$T/out.lf"; then
+		[ -z "$(find "$T"/root/y.example/*/new -type f)" ] || { echo "files without a 354"; return 1; }
+		return 0
+	fi
+	sed -n '/^354 /,$p' "$T/out.lf" | sed -n "2,$((${#accepted} + 1))p" > "$T/final"
+	for ((i = 0; i < ${#accepted}; i++)); do
+		box=${accepted:i:1}
+		reply=$(sed -n "$((i + 1))p" "$T/final")
+		case $reply in
+		"250 2.0.0 "*" delivered")
+			[ "$(ls "$T/root/y.example/$box/new" | wc -l)" -eq 1 ] || { echo "$box: 250, no file"; return 1; } ;;
+		45[12]" "*)
+			[ -z "$(ls "$T/root/y.example/$box/new")" ] || { echo "$box: $reply, and a file"; return 1; } ;;
+		*) echo "$box: reply '$reply'"; return 1 ;;
+		esac
+	done
+	if [ "${accepted:0:1}" = b ] &&
+		grep -qE ' failed [^ ]+ to=<b@y.example> .* op=(open-tmp|create-in-tmp|chown|write|fsync) ' "$T/err" &&
+		sed -n '2,$p' "$T/final" | grep -q '^250 '; then
+		MOVED=1
+	fi
+}
+
+@test "fault walk, LMTP: the spool moves on from a Maildir that fails; every call fails in turn; each recipient stands alone" {
+	local fn count n errno points=0 moves=0
+	move_input > "$T/in"
+	for fn in openat write fsync fchown pread close unlinkat linkat renameat; do
+		fresh_maildirs
+		rm -f "$T/trace"
+		FAULT_CALL=$fn FAULT_NTH=0 FAULT_TRACE=$T/trace LD_PRELOAD=$SHIM \
+			"$SMTPD" -L -h test.example -m "$T/root/%d/%u" < "$T/in" > "$T/out" 2> "$T/err" || true
+		count=$(wc -l < "$T/trace" 2>/dev/null || echo 0)
+		echo "# $fn: $count calls" >&3
+		for n in $(seq 1 "$count"); do
+			for errno in ENOSPC EIO; do
+				fresh_maildirs
+				# a list of errnos fails that many calls in a row: the spool's next Maildir too
+				for e in "$errno" "$errno,$errno"; do
+					fresh_maildirs
+					FAULT_CALL=$fn FAULT_NTH=$n FAULT_ERRNO=$e LD_PRELOAD=$SHIM \
+						"$SMTPD" -L -h test.example -m "$T/root/%d/%u" < "$T/in" > "$T/out" 2> "$T/err" || true
+					check_move || {
+						echo "FAULT_CALL=$fn FAULT_NTH=$n FAULT_ERRNO=$e"
+						cat "$T/out" "$T/err"
+						return 1
+					}
+					points=$((points + 1))
+					moves=$((moves + MOVED))
+				done
+			done
+		done
+	done
+	echo "# walked $points fault points; in $moves the spool moved on from b" >&3
+	[ "$points" -ge 100 ]
+	[ "$moves" -ge 10 ]
+}
+
 @test "fault walk: a one-off fault leaves the session able to deliver the next message" {
 	walk_input > "$T/in"
 	fresh_maildirs
@@ -229,13 +315,16 @@ check_wide() {
 	grep -q '^Subject: txn2$' "$T"/root/y.example/b/new/*
 }
 
-@test "race: a concurrent session making the catch-all first (mkdir -> EEXIST) is no error" {
-	mkdir "$T/race"
+@test "race: a concurrent session making the catch-all or its tmp/ first (mkdirat -> EEXIST) is no error" {
+	local n
+	for n in 1 2 3 4; do
+	rm -rf "$T/race" && mkdir "$T/race"
 	printf 'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n' > "$T/in"
-	FAULT_CALL=mkdir FAULT_NTH=1 FAULT_ERRNO=EEXIST LD_PRELOAD=$SHIM \
+	FAULT_CALL=mkdirat FAULT_NTH=$n FAULT_ERRNO=EEXIST LD_PRELOAD=$SHIM \
 		"$SMTPD" -h test.example -m "$T/race/Maildir" < "$T/in" > "$T/out" 2> "$T/err"
 	grep -q '^250 2.0.0 .* delivered' "$T/out"
 	[ "$(ls "$T/race/Maildir/new" | wc -l)" -eq 1 ]
+	done
 }
 
 @test "fault walk: the new/ directory's fsync failing takes the message back out of new/" {

@@ -231,3 +231,64 @@ syslog_wait() {
 	x_session 'QUIT\r\n' -m rel/Maildir
 	count_is 'relative-template' 0
 }
+
+# ---- what a client can put into a line
+
+@test "escaping: no C0/C1 control, DEL, invalid UTF-8, line or paragraph separator, bidi control or odd blank reaches a line; printable UTF-8 does" {
+	x_maildir "$V/x.example/bob"
+	# SMTPUTF8 addresses: U+2028 with a forged line after it, NEL (U+0085), the C1 CSI (U+009B)
+	# and a raw 0x9b, a right-to-left override (U+202E), a no-break space, a BOM, a tag; and
+	# Greek, which must stay as it is
+	x_session 'EHLO c\r\nMAIL FROM:<a@q> SMTPUTF8\r\nRCPT TO:<"a\xe2\x80\xa8smtpd[1]:\xe2\x80\xa8delivered"@x.example>\r\nRCPT TO:<"b\xc2\x85smtpd[1]:\xc2\x9b31m\xe2\x80\xaeev\xc2\xa0il\xef\xbb\xbf\xf3\xa0\x80\x81"@x.example>\r\nRCPT TO:<c\x9b[2J@x.example>\r\nRCPT TO:<\xce\xb4\xce\xbf\xce\xba\xce\xb9\xce\xbc\xce\xae@x.example>\r\nRCPT TO:<d\xed\xa0\x80\xc0\xaf@x.example>\r\nQUIT\r\n' \
+		-m "$V/%d/%u"
+	cat -A "$T/err"
+	# a reader that decodes UTF-8 and splits lines as Python's str.splitlines() does (on U+2028,
+	# U+2029, U+0085, FS/GS/RS, VT, FF as well as CR and LF) sees exactly the lines written,
+	# each ours; no character in them is a control, a format character or a separator other
+	# than the space between fields
+	"${PY:-python3}" - "$T/err" <<'PY'
+import sys, unicodedata
+raw = open(sys.argv[1], "rb").read()
+text = raw.decode("utf-8")                     # strict: invalid UTF-8 would raise
+lines = text.splitlines()
+assert len(lines) == raw.count(b"\n"), lines
+for line in lines:
+    assert line.startswith("smtpd["), line
+    for ch in line:
+        cat = unicodedata.category(ch)
+        assert cat not in ("Cc", "Cf", "Zl", "Zp") and (cat != "Zs" or ch == " "), (hex(ord(ch)), line)
+    assert "\x1b" not in line and "\x9b" not in line
+assert "δοκιμή@x.example" in text
+PY
+	count_is 'refused client=- from=<a@q> to=<"a[?]smtpd\[1\]:[?]delivered"@x[.]example> reply=550 .* path=[^ ]+/a[?]smtpd\[1\]:[?]delivered detail=directory-missing$' 1
+	count_is 'refused client=- from=<a@q> to=<"b[?]smtpd\[1\]:[?]31m[?]ev[?]il[?][?]"@x[.]example> reply=550 ' 1
+	count_is 'refused client=- from=<a@q> to=<c[?]\[2J@x[.]example> reply=553 code=5[.]6[.]7 ' 1
+	count_is 'refused client=- from=<a@q> to=<d[?]{5}@x[.]example> reply=553 code=5[.]6[.]7 ' 1
+	count_is 'session ' 1
+	tokens_ok "$T/err"
+}
+
+# ---- refused recipients are bounded
+
+@test "refused recipients: past 1000 since the last delivery the session ends 421 4.7.0 (end=too-many-refusals, exit 1); 200,000 write no more than that" {
+	x_maildir "$V/x.example/bob"
+	"${PY:-python3}" -c '
+import sys
+out = sys.stdout.buffer
+out.write(b"EHLO c\r\nMAIL FROM:<a@q>\r\n")
+out.write(b"RCPT TO:<nobody@x.example>\r\n" * 999)
+out.write(b"RCPT TO:<bob@x.example>\r\nDATA\r\nhi\r\n.\r\nMAIL FROM:<a@q>\r\n")
+out.write(b"RCPT TO:<nobody@x.example>\r\n" * 200000)
+out.write(b"QUIT\r\n")' > "$T/in"
+	x_run -m "$V/%d/%u"
+	x_eq "$XS" 1 "exit status"
+	# 999 refused, a delivery, then 1000 refused, one more and the 421
+	x_eq "$(grep -c '^550 5.1.1 ' "$T/out")" 2000 "550 replies"
+	x_eq "$(tail -1 "$T/out" | tr -d '\r')" '421 4.7.0 test.example Too many refused recipients, closing' "last reply"
+	grep -q '^250 2.0.0 .* delivered' "$T/out"
+	count_is 'refused ' 2000
+	count_is 'session .* messages=1 recipients=1 .* end=too-many-refusals seconds=' 1
+	x_eq "$(wc -l < "$T/err")" 2002 "log lines"
+	echo "# 200,999 refused RCPTs: $(wc -l < "$T/err") log lines, $(wc -c < "$T/err") octets" >&3
+	tokens_ok "$T/err"
+}

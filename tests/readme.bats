@@ -542,7 +542,7 @@ EOF
 	printf 'HELO x\nMAIL FROM:<a@b.example>\nRCPT TO:<nob@d.example>\nRCPT TO:<dae@d.example>\nRCPT TO:<evil@d.example>\nRCPT TO:<good@d.example>\nRCPT TO:<mix@d.example>\nDATA\nSubject: s\n\nhi\n.\nQUIT\n' |
 		"$SMTPD" -h h.example -m "$T/s/%d/%u" >"$T/out" 2>/dev/null
 	cat "$T/out"
-	[ "$(sed -n 4,8p "$T/out" | tr -d '\r' | cut -c1-9 | tr '\n' ' ')" = "250 2.1.5 250 2.1.5 451 4.3.0 250 2.1.5 451 4.3.0 " ]
+	[ "$(sed -n 4,8p "$T/out" | tr -d '\r' | cut -c1-9 | tr '\n' ' ')" = "250 2.1.5 250 2.1.5 550 5.1.1 250 2.1.5 451 4.3.0 " ]
 	grep -q '^250 2.0.0 .* delivered' "$T/out"
 	[ "$(stat -c %U "$s"/nob/new/*)" = nobody ]
 	[ "$(stat -c %U "$s"/dae/new/*)" = daemon ]
