@@ -67,7 +67,6 @@ static char md_quota_text[MAILDIRSIZE_MAX + 1];
 static void md_find_root(void)
 {
 	md_as_root = geteuid() == 0;
-	md_root_gid = md_as_root ? getegid() : 0;
 }
 
 int md_txn_init(struct md_txn *txn, size_t max_boxes)
@@ -88,36 +87,9 @@ int md_txn_init(struct md_txn *txn, size_t max_boxes)
 
 /* ---- as root: a Maildir's files are its owner's ---- */
 
-/* Back to root's file-system identity, whose rights open every Maildir. */
-static void md_fs_root(void)
-{
-	if (!md_fs_other)
-		return;
-	setfsuid(0);
-	setfsgid(md_root_gid);
-	md_fs_other = false;
-}
-
-/* As root, what is made or written for a Maildir is made and written under its owner's
- * file-system uid and gid: born theirs, within their rights, charged to their quota, and in
- * the space left to users, not in the blocks a file system keeps for root. */
-static int md_fs_as(uid_t uid, gid_t gid)
-{
-	if (!md_as_root || (uid == 0 && gid == md_root_gid))
-		return 0;
-	md_fs_other = true;
-	setfsgid(gid);
-	setfsuid(uid);
-	/* setfsuid() reports no error: asking again tells whether it took. */
-	if ((uid_t)setfsuid(uid) == uid && (gid_t)setfsgid(gid) == gid)
-		return 0;
-	md_fs_root();
-	return errno = EPERM, -1;
-}
-
 /* Root's CAP_SYS_RESOURCE would still let those writes pass a user's quota and use the
- * reserved blocks; nothing here needs it, so it goes at start-up (best effort: a kernel or
- * sandbox that refuses leaves it as it was). */
+ * reserved blocks; nothing here needs it, so it goes before the first write as a user (best
+ * effort: a kernel or sandbox that refuses leaves it as it was). */
 static void md_drop_sys_resource(void)
 {
 	struct {
@@ -133,6 +105,44 @@ static void md_drop_sys_resource(void)
 	caps[0].effective &= ~(1u << MD_CAP_SYS_RESOURCE);
 	caps[0].permitted &= ~(1u << MD_CAP_SYS_RESOURCE);
 	(void)syscall(SYS_capset, &head, caps);
+}
+
+/* Back to root's file-system identity, whose rights open every Maildir. */
+static void md_fs_root(void)
+{
+	if (!md_fs_other)
+		return;
+	setfsuid(0);
+	setfsgid(md_root_gid);
+	md_fs_other = false;
+}
+
+/* As root, what is made or written for a Maildir is made and written under its owner's
+ * file-system uid and gid: born theirs, within their rights, charged to their quota, and in
+ * the space left to users, not in the blocks a file system keeps for root. */
+static int md_fs_as(uid_t uid, gid_t gid)
+{
+	static bool dropped;
+
+	/* root's own Maildir: root's identity is its owner's (its files get their group from
+	 * md_give) */
+	if (!md_as_root || uid == 0)
+		return 0;
+	/* Only a session that writes as another user needs these: one delivering into root's
+	 * own store asks for neither. */
+	if (!dropped) {
+		md_root_gid = getegid();
+		md_drop_sys_resource();
+		dropped = true;
+	}
+	md_fs_other = true;
+	setfsgid(gid);
+	setfsuid(uid);
+	/* setfsuid() reports no error: asking again tells whether it took. */
+	if ((uid_t)setfsuid(uid) == uid && (gid_t)setfsgid(gid) == gid)
+		return 0;
+	md_fs_root();
+	return errno = EPERM, -1;
 }
 
 /* ---- names and templates ---- */
@@ -576,8 +586,6 @@ int md_check_store(const char *tmpl, char *path, size_t size)
 	/* Before any transaction: the catch-all opened here is kept for the session, so root's
 	 * checks (links, owners) must already apply to it. */
 	md_find_root();
-	if (md_as_root)
-		md_drop_sys_resource();
 	char expanded[MD_PATH_MAX];
 	bool catch_all = !sh.has_u && !sh.has_d;
 
