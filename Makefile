@@ -4,7 +4,7 @@ CFLAGS ?= -O2
 WARN = -std=c11 -Wall -Wextra -Werror
 SAN = -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 PREFIX ?= /usr/local
-SRC = smtpd.c session.c mailbox.c log.c proxy.c milter.c
+SRC = smtpd.c session.c address.c mailbox.c log.c proxy.c milter.c
 FUZZ_SECONDS ?= 60
 
 all: smtpd
@@ -86,9 +86,9 @@ fuzz: tests/fuzz/fuzz_session
 	cd tests/fuzz && TMPDIR=$${TMPDIR:-/dev/shm} ./fuzz_session -max_total_time=$(FUZZ_SECONDS) -close_fd_mask=2 \
 		-dict=smtp.dict -print_final_stats=1 corpus
 
-tests/fuzz/fuzz_session: tests/fuzz/fuzz_session.c session.c mailbox.c log.c proxy.c milter.c smtp.h
+tests/fuzz/fuzz_session: tests/fuzz/fuzz_session.c session.c address.c mailbox.c log.c proxy.c milter.c smtp.h
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-		-o $@ tests/fuzz/fuzz_session.c session.c mailbox.c log.c proxy.c milter.c
+		-o $@ tests/fuzz/fuzz_session.c session.c address.c mailbox.c log.c proxy.c milter.c
 
 # Line and branch coverage of the whole suite (gcc --coverage, gcovr), per file. The binary
 # and its counters live in cov/, made by one run and then writable by every user a test runs

@@ -151,6 +151,27 @@ static inline bool text_copy(char *dst, size_t size, const char *src)
 	return !t.cut;
 }
 
+static inline bool is_alpha(unsigned c)
+{
+	return (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+}
+
+static inline bool is_digit(unsigned c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/* address.c: a path, "<" [source route] mailbox ">"; on success *rest points after the ">". */
+struct address {
+	char text[PATH_MAX_OCTETS + 1]; /* the mailbox as written, without <> and source route */
+	char local[LOCAL_MAX + 1];      /* quotes and quoted-pairs undone */
+	char domain[DOMAIN_MAX + 1];
+	bool has_8bit;
+};
+
+enum path_result { PATH_OK, PATH_NULL, PATH_POSTMASTER, PATH_BAD, PATH_BAD_UTF8 };
+enum path_result parse_path(const char *p, struct address *a, const char **rest);
+
 /* proxy.c: the PROXY protocol header (v1 and v2) at the start of buf. PROXY_OK sets *used to
  * its length and addr to the client's address ("" for LOCAL, UNKNOWN, UNSPEC and UNIX, which
  * keep the socket's); PROXY_MORE asks for more input, never past cap octets in all. */

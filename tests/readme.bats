@@ -628,3 +628,11 @@ EOF
 	[ "$status" -ne 0 ]
 	[ "${lines[-1]}" = "plain: 2 passed, 1 skipped, 1 failed" ]
 }
+
+@test "readme: every source file and every launcher file of the tree is in the Files table" {
+	local f missing=""
+	for f in $(cd "$ROOT" && git ls-files '*.c' '*.h' 'systemd/*' 'xinetd.d/*' 2>/dev/null | grep -v '^tests/\|^bench/'); do
+		grep -q "^| \`$f\`\|^| .*\`$(dirname "$f")/\`" "$ROOT/README.md" || missing="$missing $f"
+	done
+	[ -z "$missing" ] || { echo "not in README's Files table:$missing"; false; }
+}
