@@ -165,3 +165,16 @@ as_user() {
 	grep -qx 'bob@y.example: 550 5.7.1 Relaying denied' "$T/out"
 	grep -qx "bob@x.example: deliver to $V/x.example/bob" "$T/out"
 }
+
+@test "options: POSIX utility syntax: clustered letters, attached values, --, and none after the first operand" {
+	# -e and -b clustered, the value of -m attached; the operand ends the options
+	probe_rc=0
+	"$(x_smtpd)" -eb -ht.example "-m$V/%d/%u" bob@x.example -h other.example </dev/null >"$T/out" 2>"$T/err" || probe_rc=$?
+	x_eq "$probe_rc" 67 "exit status (-h after an operand is an address, not an option)"
+	grep -qx "bob@x.example: deliver to $V/x.example/bob" "$T/out"
+	grep -qx -- '-h: 501 5.1.3 Bad recipient address syntax' "$T/out"
+	# "--" ends the options: what follows is an operand even if it looks like one
+	opt_error "-- -L" "smtpd: -L: unexpected argument (only -b takes addresses)"
+	opt_error "-Lx" "smtpd: -x: unknown option"
+	opt_error "-L -:" "smtpd: -:: unknown option"
+}
