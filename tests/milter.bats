@@ -274,6 +274,26 @@ m_nothing_stored() {
 	x_body "$f" 'X-Ins0: three\nX-Ins1: two\nX-Ins3: four\nSubject: changed\n\tover two lines\nFrom: <a@example.org>\nX-Added: one\nX-Missing: five\nX-Folded: a\n\tb\n\tc\n\nline one\n.dot\nlast line\n'
 }
 
+@test "headers: as root, the rewritten spool is its Maildir owner's and written as them, like the first" {
+	[ "$(id -u)" -eq 0 ] || skip "needs root: a Maildir of another owner"
+	local shim=$BATS_TEST_DIRNAME/faultinject.so
+	[ -f "$shim" ] || skip "tests/faultinject.so is not built (make tests/faultinject.so)"
+	chown -R 2001:2001 "$MD"
+	m_start m 'eom add:X-Added:one ins:0:X-Ins0:two continue'
+	one_message
+	FAULT_OWNERS=$T/owners LD_PRELOAD=$shim ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+		"$(x_smtpd)" -h test.example -m "$MD" -t 10 -M "unix:$T/m.sock" <"$T/in" >"$T/out" 2>"$T/err"
+	grep -q "^250 2.0.0 .* delivered" "$T/out" || { cat "$T/out" "$T/err"; false; }
+	f=$(x_one "$MD")
+	x_eq "$(stat -c '%u:%g %a' "$f")" "2001:2001 600" "owner and mode of the stored file"
+	grep -q '^X-Ins0: two$' "$f"
+	[ -z "$(ls "$MD/tmp")" ]
+	cat "$T/owners"
+	# the spool's write, then the rewrite's head and copied rest: every one as the owner
+	[ "$(wc -l <"$T/owners")" -ge 2 ]
+	[ "$(grep -vcx '2001:2001 fsuid=2001:2001' "$T/owners")" -eq 0 ]
+}
+
 @test "headers: with SMFIP_HDR_LEADSPC values go with their space, and ours come back as given" {
 	m_start m "optneg optneg:6:0x31:0x100000" 'eom add:X-Lead:\x20\x20two\x20spaces continue'
 	one_message
